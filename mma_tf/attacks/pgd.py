@@ -1,0 +1,133 @@
+"""Projected gradient descent (PGD) with per-example radii: a pure function of (predict, x, y, eps).
+
+Graph friendly: static shapes, stateless random starts, no host round trips, so the same code runs
+eagerly, inside `tf.function` (with or without `jit_compile`) and inside `strategy.run`.
+"""
+import numpy as np
+import tensorflow as tf
+
+from mma_tf import losses as losses_lib
+from mma_tf import norms as norms_lib
+
+
+def _is_concrete(v):
+  """True for Python numbers, numpy arrays and eager tensors: values we can check on the host."""
+  return not tf.is_symbolic_tensor(v) if tf.is_tensor(v) else True
+
+
+def check_attack_inputs(x, y, eps, clip_min=0.0, clip_max=1.0, name='eps'):
+  """Raises ValueError, before any graph is built, on inputs that would give a meaningless attack.
+
+  Shape checks use static shapes and always run; value checks (eps >= 0, x inside
+  [clip_min, clip_max]) run when the values are known on the host, i.e. outside `tf.function`.
+  """
+  x_shape = tf.TensorShape(np.shape(x) if not tf.is_tensor(x) else x.shape)
+  y_shape = tf.TensorShape(np.shape(y) if not tf.is_tensor(y) else y.shape)
+  eps_shape = tf.TensorShape(np.shape(eps) if not tf.is_tensor(eps) else eps.shape)
+  if x_shape.rank is not None and x_shape.rank < 2:
+    raise ValueError(f'x must be a batch [B, ...] of inputs; got shape {x_shape}.')
+  if y_shape.rank is not None and y_shape.rank != 1:
+    raise ValueError(f'y must be integer labels of shape [B]; got shape {y_shape}.')
+  batch = x_shape[0] if x_shape.rank else None
+  if batch is not None and y_shape.rank == 1 and y_shape[0] is not None and y_shape[0] != batch:
+    raise ValueError(f'x has {batch} examples but y has {y_shape[0]} labels.')
+  if eps_shape.rank not in (None, 0, 1) or (
+      eps_shape.rank == 1 and None not in (eps_shape[0], batch) and eps_shape[0] != batch):
+    raise ValueError(f'{name} must be a scalar or a vector of one value per example ([{batch}]); '
+                     f'got shape {eps_shape}.')
+  if not clip_min < clip_max:
+    raise ValueError(f'clip_min ({clip_min}) must be below clip_max ({clip_max}).')
+  if _is_concrete(eps):
+    e = np.asarray(eps, np.float64)
+    if not np.all(np.isfinite(e)) or np.any(e < 0):
+      raise ValueError(f'{name} must be finite and >= 0; got {e.min() if e.size else e}.')
+  if _is_concrete(x):
+    xv = np.asarray(x)
+    if xv.size and (xv.min() < clip_min or xv.max() > clip_max or not np.all(np.isfinite(xv))):
+      raise ValueError(
+          f'Inputs must lie in [{clip_min}, {clip_max}] (got values in [{xv.min()}, {xv.max()}]). '
+          'Scale images to [0, 1] and do any normalisation inside the model.')
+
+
+def example_seeds(seed, keys):
+  """Per-example stateless seeds [B, 2] from a base seed (int or [2]) and integer keys [B].
+
+  Keys are e.g. dataset indices: an example's random start then depends only on (seed, key),
+  not on its batch or replica.
+  """
+  base = tf.cast(tf.reshape(tf.convert_to_tensor(seed), [-1]), tf.int64)
+  base = base if base.shape[0] == 2 else tf.stack([base[0], tf.constant(0, tf.int64)])
+  # The same construction as tf.random.experimental.stateless_fold_in, for a vector of keys.
+  keys = tf.cast(keys, tf.int64)
+  derived = tf.random.stateless_uniform([], base, None, None, tf.int64, alg='philox')
+  return tf.stack([tf.fill(tf.shape(keys), derived), keys], axis=1)
+
+
+def _seeds_for_batch(seed, batch_size):
+  seed = tf.convert_to_tensor(seed)
+  if seed.shape.rank == 2:  # already one seed per example
+    return tf.cast(seed, tf.int64)
+  return example_seeds(seed, tf.range(batch_size))
+
+
+def per_example_vector(v, batch_size, dtype=tf.float32):
+  """Broadcasts a scalar or [B] value to a [B] vector."""
+  return tf.broadcast_to(tf.cast(v, dtype), [batch_size])
+
+
+def input_gradient(predict, loss_fn, x, y):
+  """Gradient of the batch-summed loss w.r.t. x: per-example gradients independent of batch size."""
+  with tf.GradientTape(watch_accessed_variables=False) as tape:
+    tape.watch(x)
+    loss = tf.reduce_sum(loss_fn(predict(x), y))
+  return tape.gradient(loss, x)
+
+
+def pgd(predict, x, y, eps, *, norm='Linf', nb_iter=40, step_size=None, rel_step_size=None,
+        loss='ce', rand_init=True, seed=0, clip_min=0.0, clip_max=1.0):
+  """Untargeted PGD that maximises `loss` within the `norm`-ball of radius eps around x.
+
+  Args:
+    predict: callable images -> logits (e.g. `lambda x: model(x, training=False)`).
+    x: images [B, ...] inside [clip_min, clip_max]. y: integer labels [B].
+    eps: radius, a scalar or one per example [B]. An example with eps 0 is left unchanged, so eps
+      doubles as a mask of which examples to attack.
+    nb_iter: number of ascent steps (a Python int: it sets the graph's structure).
+    step_size: absolute step (scalar or [B]); or rel_step_size: step as a fraction of eps.
+      Default: rel_step_size = 2.5 / nb_iter (Madry et al.; the MMA code's eps_iter_scale).
+    loss: 'ce', 'slm', 'lm', 'cw' or a callable (logits, labels) -> per-example loss.
+      It is summed over the batch, so per-example gradients do not depend on the batch size.
+    rand_init: start from advertorch's random point in the ball (PAPER.md 2.2) or from x.
+    seed: int, a [2] stateless seed, or per-example seeds [B, 2] (see `example_seeds`).
+  Returns:
+    The adversarial batch, clipped to [clip_min, clip_max] (the last iterate, as advertorch).
+  """
+  geometry = norms_lib.get_norm(norm)
+  loss_fn = losses_lib.get_loss(loss)
+  check_attack_inputs(x, y, eps, clip_min, clip_max)
+  if step_size is not None and rel_step_size is not None:
+    raise ValueError('Give step_size or rel_step_size, not both.')
+  if int(nb_iter) < 0:
+    raise ValueError(f'nb_iter must be >= 0; got {nb_iter}.')
+  x = tf.convert_to_tensor(x)
+  batch_size = tf.shape(x)[0]
+  eps = per_example_vector(eps, batch_size, x.dtype)
+  if step_size is None:
+    rel = 2.5 / max(int(nb_iter), 1) if rel_step_size is None else rel_step_size
+    step = eps * rel
+  else:
+    check_attack_inputs(x, y, step_size, clip_min, clip_max, name='step_size')
+    step = per_example_vector(step_size, batch_size, x.dtype)
+
+  if rand_init:
+    delta = geometry.random_init(x, eps, _seeds_for_batch(seed, batch_size), clip_min, clip_max)
+  else:
+    delta = tf.zeros_like(x)
+
+  def body(i, delta):
+    grad = input_gradient(predict, loss_fn, x + delta, y)
+    return i + 1, geometry.ascend(x, delta, grad, eps, step, clip_min, clip_max)
+
+  _, delta = tf.while_loop(lambda i, _: i < int(nb_iter), body, (tf.constant(0), delta),
+                           maximum_iterations=int(nb_iter))
+  return tf.clip_by_value(x + delta, clip_min, clip_max)

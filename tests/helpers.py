@@ -1,0 +1,60 @@
+"""Small models with known geometry, shared by the tests."""
+import numpy as np
+import tensorflow as tf
+
+IMAGE_SHAPE = (4, 5, 1)
+DIM = int(np.prod(IMAGE_SHAPE))
+
+
+class LinearProblem:
+  """Logits W x + b with analytic margins: min_j (z_y - z_j) / ||w_y - w_j||_dual.
+
+  For num_classes > 2, classes 2.. have bias -40, so the competitor of every example is class 0
+  or 1 and the soft logit margin equals the logit margin to ~1e-17 (SLM boundary = LM boundary).
+  Examples are kept only if the optimal perturbation up to 1.1 x margin stays inside [0, 1], so the
+  box never interferes with the analytic value.
+  """
+
+  def __init__(self, norm, num_classes=2, batch=16, seed=0, max_margin=0.3):
+    rng = np.random.RandomState(seed)
+    self.w = rng.randn(DIM, num_classes).astype(np.float32) * 0.5
+    self.b = np.zeros(num_classes, np.float32)
+    self.b[2:] = -40.0
+    xs, ys, margins = [], [], []
+    while len(xs) < batch:
+      x = rng.uniform(0.3, 0.7, DIM).astype(np.float32)
+      z = x @ self.w + self.b
+      y = int(np.argmax(z))
+      diffs = self.w - self.w[:, [y]]  # column j: w_j - w_y, the ascent direction toward j
+      dual = np.abs(diffs).sum(0) if norm == 'Linf' else np.linalg.norm(diffs, axis=0)
+      with np.errstate(divide='ignore', invalid='ignore'):
+        m = np.where(np.arange(num_classes) == y, np.inf, (z[y] - z) / dual)
+      j = int(np.argmin(m))
+      d = diffs[:, j]
+      direction = np.sign(d) if norm == 'Linf' else d / np.linalg.norm(d)
+      x_far = x + 1.1 * m[j] * direction
+      if 0.01 < m[j] < max_margin and x_far.min() > 0 and x_far.max() < 1:
+        xs.append(x), ys.append(y), margins.append(m[j])
+    self.x = np.stack(xs).reshape((batch,) + IMAGE_SHAPE)
+    self.y = np.array(ys, np.int32)
+    self.margin = np.array(margins, np.float32)
+    self.w_t, self.b_t = tf.constant(self.w), tf.constant(self.b)
+
+  def predict(self, x):
+    return tf.matmul(tf.reshape(x, [tf.shape(x)[0], -1]), self.w_t) + self.b_t
+
+  def is_correct(self, x):
+    return np.argmax(self.predict(tf.convert_to_tensor(x)).numpy(), 1) == self.y
+
+
+def small_cnn_predict(num_classes=10, seed=0, input_shape=(8, 8, 1)):
+  """A deterministic tiny nonlinear model (conv + tanh + dense) for invariance tests."""
+  import keras
+  keras.utils.set_random_seed(seed)
+  model = keras.Sequential([
+      keras.Input(input_shape),
+      keras.layers.Conv2D(4, 3, activation='tanh'),
+      keras.layers.Flatten(),
+      keras.layers.Dense(num_classes),
+  ])
+  return model, (lambda x: model(x, training=False))

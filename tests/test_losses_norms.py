@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mma_tf import losses, norms
+
+
+def _np_logsumexp(a, axis=-1):
+  m = a.max(axis, keepdims=True)
+  return (m + np.log(np.exp(a - m).sum(axis, keepdims=True))).squeeze(axis)
+
+
+def test_losses_match_their_definitions(rng):
+  z = rng.randn(32, 10).astype(np.float32) * 3
+  y = rng.randint(0, 10, 32)
+  zy = z[np.arange(32), y]
+  others = np.where(np.eye(10)[y] > 0, -np.inf, z)
+  np.testing.assert_allclose(losses.cross_entropy(z, y), _np_logsumexp(z) - zy, rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(losses.soft_logit_margin(z, y), _np_logsumexp(others) - zy,
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(losses.logit_margin(z, y), others.max(1) - zy, atol=1e-6)
+  np.testing.assert_allclose(losses.cw_loss(z, y), np.maximum(others.max(1) - zy + 50, 0),
+                             atol=1e-5)
+  # Identities of PAPER.md 1.1: CE = log(1 + exp(SLM)), SLM >= LM, SLM < 0 <=> p_y > 1/2.
+  slm = losses.soft_logit_margin(z, y).numpy()
+  np.testing.assert_allclose(losses.cross_entropy(z, y), np.log1p(np.exp(slm)), rtol=1e-4,
+                             atol=1e-5)
+  assert np.all(slm >= losses.logit_margin(z, y).numpy() - 1e-6)
+  p_y = tf.nn.softmax(z).numpy()[np.arange(32), y]
+  np.testing.assert_array_equal(slm < 0, p_y > 0.5)
+
+
+def test_cw_clamps_at_minus_kappa():
+  z = np.array([[100.0, 0.0]], np.float32)  # LM = -100 < -50
+  assert losses.cw_loss(z, [0]).numpy()[0] == 0.0
+
+
+def test_losses_are_float32_under_mixed_precision(rng):
+  z = tf.constant(rng.randn(4, 10), tf.float16)
+  for fn in losses.LOSSES.values():
+    assert fn(z, [1, 2, 3, 4]).dtype == tf.float32
+
+
+def test_unknown_loss_is_a_value_error():
+  with pytest.raises(ValueError, match='Unknown loss'):
+    losses.get_loss('hinge')
+
+
+@pytest.mark.parametrize('norm', ['Linf', 'L2'])
+def test_random_init_is_in_ball_and_box(norm, rng):
+  geometry = norms.get_norm(norm)
+  x = tf.constant(rng.uniform(0, 1, (64, 6, 6, 3)), tf.float32)
+  eps = tf.constant(rng.uniform(0, 2, 64), tf.float32)
+  seeds = tf.constant(np.stack([np.arange(64), np.arange(64)], 1), tf.int64)
+  delta = geometry.random_init(x, eps, seeds, 0.0, 1.0)
+  assert np.all(geometry.norm(delta).numpy() <= eps.numpy() * (1 + 1e-5) + 1e-7)
+  assert np.all((x + delta).numpy() >= 0) and np.all((x + delta).numpy() <= 1)
+  if norm == 'L2':  # advertorch's start: almost always on the sphere (PAPER.md 2.2)
+    small = eps.numpy() < 1.0
+    np.testing.assert_allclose(geometry.norm(delta).numpy()[small], eps.numpy()[small],
+                               rtol=1e-4)
+
+
+def test_projection_order_follows_the_released_code():
+  x = tf.constant([[0.95, 0.5]], tf.float32)
+  delta = tf.constant([[0.3, 0.0]], tf.float32)
+  # Linf: ball first (0.3 -> 0.2), then box (0.95 + 0.2 -> 1.0): delta 0.05.
+  np.testing.assert_allclose(norms.LinfNorm.project(x, delta, [0.2], 0.0, 1.0), [[0.05, 0.0]],
+                             atol=1e-6)
+  # L2: box first (delta 0.05), then the ball (0.05 < 0.2: unchanged).
+  np.testing.assert_allclose(norms.L2Norm.project(x, delta, [0.2], 0.0, 1.0), [[0.05, 0.0]],
+                             atol=1e-6)
+  # L2 ascent normalises each example's gradient by its own L2 norm (floor 1e-6).
+  step = norms.L2Norm.ascend(tf.fill([2, 2], 0.5), tf.zeros([2, 2]),
+                             tf.constant([[3.0, 4.0], [0.0, 0.0]]), [1.0, 1.0], [0.1, 0.1], 0.0, 1.0)
+  np.testing.assert_allclose(step, [[0.06, 0.08], [0.0, 0.0]], atol=1e-6)
+
+
+def test_unknown_norm_is_a_value_error():
+  with pytest.raises(ValueError, match='Unknown norm'):
+    norms.get_norm('L1')
