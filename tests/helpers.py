@@ -58,3 +58,22 @@ def small_cnn_predict(num_classes=10, seed=0, input_shape=(8, 8, 1)):
       keras.layers.Dense(num_classes),
   ])
   return model, (lambda x: model(x, training=False))
+
+
+def tiny_data(num_train=500, num_validation=100, num_test=200):
+  """A small slice of the embedded digits with the same protocol, for fast loop tests."""
+  import dataclasses
+  from mma_tf import data as data_lib
+  full = data_lib.load('mnist_5k')
+  n = num_train + num_validation
+  spec = dataclasses.replace(full.spec, num_validation=num_validation)
+  return data_lib.Data(spec, full.train_images[:n], full.train_labels[:n],
+                       full.test_images[:num_test], full.test_labels[:num_test])
+
+
+def tiny_config(**overrides):
+  from mma_tf import configs
+  fields = dict(batch_size=20, nb_iter=3, eval_batch_size=50, train_steps=30, log_every=10,
+                checkpoint_every=10, learning_rate=1e-3)
+  fields.update(overrides)
+  return configs.resolve('mnist_5k', 'Linf', fields)

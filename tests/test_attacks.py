@@ -165,10 +165,8 @@ def test_eager_function_and_xla_agree_and_trace_once(norm, rng):
   assert graph_fn.experimental_get_tracing_count() == 1
 
 
-def test_pgd_inside_strategy_run_matches_one_device(rng):
-  if len(tf.config.list_logical_devices('CPU')) < 2:
-    pytest.skip('needs two logical CPU devices (set up in conftest before TF initialises)')
-  strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+def test_pgd_inside_strategy_run_matches_one_device(rng, two_cpu_strategy):
+  strategy = two_cpu_strategy
   with strategy.scope():
     _, predict = small_cnn_predict()
   x, y = _cnn_batch(rng, batch=8)

@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from mma_tf import data as data_lib
+from mma_tf import models
+
+
+@pytest.fixture(scope='module')
+def embedded():
+  return data_lib.load('mnist_5k')
+
+
+def test_embedded_split_follows_the_protocol(embedded):
+  assert embedded.train_images.shape == (4000, 28, 28, 1)
+  assert embedded.test_images.shape == (1000, 28, 28, 1)
+  np.testing.assert_array_equal(embedded.train_indices, np.arange(500, 4000))
+  images, labels, indices = embedded.eval_split('validation')
+  assert len(labels) == 500 and np.all(np.bincount(labels) >= 30)  # every class present
+  np.testing.assert_array_equal(indices, np.arange(500))
+
+
+def test_train_batches_resume_exactly_and_carry_indices(embedded):
+  full = list(data_lib.train_dataset(embedded, 50, seed=3, epoch=2))
+  assert len(full) == embedded.steps_per_epoch(50) == 70
+  resumed = list(data_lib.train_dataset(embedded, 50, seed=3, epoch=2, start_batch=40))
+  for a, b in zip(full[40:], resumed):
+    np.testing.assert_array_equal(a['index'], b['index'])
+    np.testing.assert_array_equal(a['image'], b['image'])
+  batch = full[0]
+  assert batch['image'].dtype == tf.float32
+  assert 0 <= float(tf.reduce_min(batch['image'])) and float(tf.reduce_max(batch['image'])) <= 1
+  idx = batch['index'].numpy()
+  assert np.all(idx >= 500)  # validation images never train
+  np.testing.assert_array_equal(batch['label'], embedded.train_labels[idx])
+  np.testing.assert_allclose(batch['image'], embedded.train_images[idx] / 255.0, atol=1e-7)
+  other_epoch = next(iter(data_lib.train_dataset(embedded, 50, seed=3, epoch=3)))
+  assert not np.array_equal(other_epoch['index'], idx)
+
+
+def test_input_pipelines_split_each_global_batch(embedded):
+  whole = next(iter(data_lib.train_dataset(embedded, 40, seed=1, epoch=0)))
+  parts = []
+  for pid in range(2):
+    ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pid,
+                                     num_replicas_in_sync=2)
+    parts.append(next(iter(data_lib.train_dataset(embedded, 40, 1, 0, input_context=ctx))))
+  np.testing.assert_array_equal(np.concatenate([p['index'] for p in parts]), whole['index'])
+
+
+def test_eval_batches_are_padded_with_zero_weight(embedded):
+  images, labels, indices = embedded.eval_split('validation')
+  batches = list(data_lib.eval_dataset(images[:130], labels[:130], indices[:130], 50))
+  assert [b['image'].shape[0] for b in batches] == [50, 50, 50]
+  weights = np.concatenate([b['weight'] for b in batches])
+  assert weights.sum() == 130 and np.all(weights[130:] == 0)
+
+
+@pytest.mark.parametrize('name, shape', [('mnist', (28, 28, 1)), ('cifar10', (32, 32, 3))])
+def test_tfds_path_with_mock_data(name, shape):
+  with tfds.testing.mock_data(num_examples=5100):
+    data = data_lib.load(name)
+  assert data.train_images.shape[1:] == shape and data.num_train_total == 5100
+  assert len(data.train_indices) == 100 and data.spec.num_validation == 5000
+  batch = next(iter(data_lib.train_dataset(data, 20, seed=0, epoch=0)))
+  assert batch['image'].shape == (20,) + shape
+  assert 0 <= float(tf.reduce_min(batch['image'])) and float(tf.reduce_max(batch['image'])) <= 1
+
+
+def test_tfds_missing_data_gives_instructions(tmp_path):
+  with pytest.raises(data_lib.DataUnavailableError, match='--tfds_data_dir'):
+    data_lib.load('mnist', tfds_data_dir=str(tmp_path), download=False)
+
+
+def test_cifar_augmentation_is_madry_and_deterministic():
+  image = tf.random.stateless_uniform([32, 32, 3], [1, 2])
+  a = data_lib._madry_cifar_augment(image, tf.constant([5, 6], tf.int64))
+  b = data_lib._madry_cifar_augment(image, tf.constant([5, 6], tf.int64))
+  np.testing.assert_array_equal(a, b)
+  assert a.shape == (32, 32, 3)
+  outs = [data_lib._madry_cifar_augment(image, tf.constant([5, s], tf.int64)) for s in range(20)]
+  assert len({o.numpy().tobytes() for o in outs}) > 10  # crops and flips vary with the seed
+
+
+def test_unknown_dataset_is_a_value_error():
+  with pytest.raises(ValueError, match='Unknown dataset'):
+    data_lib.load('imagenet')
+
+
+def test_lenet5_madry_architecture():
+  model = models.build_model('lenet5_madry', (28, 28, 1), 10)
+  # conv 32x(5*5*1+1), conv 64x(5*5*32+1), fc 3136x1024+1024, fc 1024x10+10
+  assert model.count_params() == 832 + 51264 + 3136 * 1024 + 1024 + 10250
+  assert model(tf.zeros([2, 28, 28, 1])).shape == (2, 10)
+
+
+def test_wide_resnet_28_4_architecture():
+  model = models.build_model('wrn28_4', (32, 32, 3), 10)
+  convs = [l for l in model.layers if isinstance(l, tf.keras.layers.Layer)
+           and l.__class__.__name__ == 'Conv2D']
+  assert all(not c.use_bias for c in convs)
+  assert len(convs) == 1 + 12 * 2 + 3  # stem, 12 blocks x 2, three 1x1 shortcuts
+  bns = [l for l in model.layers if l.__class__.__name__ == 'BatchNormalization']
+  assert bns and all(b.epsilon == 1e-5 and b.momentum == 0.9 for b in bns)
+  # Hand count: stem 432, groups 270,144 + 1,117,952 + 4,464,128, final BN 1,024, fc 2,570
+  # (BN counts gamma, beta and both moving statistics).
+  assert model.count_params() == 5_856_250
+  assert model(tf.zeros([2, 32, 32, 3]), training=False).shape == (2, 10)
+
+
+def test_per_image_standardize_uses_unbiased_std(rng):
+  x = rng.uniform(0, 1, (3, 4, 4, 3)).astype(np.float32)
+  out = models.PerImageStandardize()(x).numpy()
+  flat = x.reshape(3, -1)
+  expected = (flat - flat.mean(1, keepdims=True)) / np.maximum(flat.std(1, ddof=1, keepdims=True),
+                                                               1 / np.sqrt(48))
+  np.testing.assert_allclose(out.reshape(3, -1), expected, rtol=1e-5, atol=1e-6)
+  constant = models.PerImageStandardize()(np.full((1, 4, 4, 3), 0.5, np.float32)).numpy()
+  np.testing.assert_allclose(constant, 0.0)  # std floor: no division by zero
+
+
+def test_unknown_model_is_a_value_error():
+  with pytest.raises(ValueError, match='Unknown model'):
+    models.build_model('resnet50', (32, 32, 3), 10)

@@ -1,0 +1,210 @@
+"""The training loop: replica parity, multi-worker agreement, exact resume, export, failures."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import tiny_config, tiny_data
+from mma_tf import data as data_lib
+from mma_tf import export as export_lib
+from mma_tf import trainer as trainer_lib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+@pytest.fixture(scope='module')
+def data():
+  return tiny_data()
+
+
+def _weights(trainer):
+  return [v.numpy() for v in trainer.model.weights]
+
+
+def _steps(trainer, n, epochs=1):
+  """Runs n training steps of each of the first `epochs` epochs; returns the step outputs."""
+  config = trainer.config
+  outputs = []
+  for epoch in range(epochs):
+    dataset = trainer.strategy.distribute_datasets_from_function(
+        lambda ctx: data_lib.train_dataset(trainer.data, config.batch_size, config.seed, epoch, 0,
+                                           ctx))
+    iterator = iter(dataset)
+    outputs += [trainer._train_step(iterator) for _ in range(n)]
+  return outputs
+
+
+def test_mirrored_step_equals_one_device(data, tmp_path, two_cpu_strategy):
+  config = tiny_config(batch_size=16)
+  one = trainer_lib.Trainer(config, str(tmp_path / 'one'), data=data, log=lambda m: None)
+  mirrored = trainer_lib.Trainer(
+      config, str(tmp_path / 'two'), two_cpu_strategy,
+      data=data, log=lambda m: None)
+  assert mirrored.strategy.num_replicas_in_sync == 2
+  for a, b in zip(_weights(one), _weights(mirrored)):
+    np.testing.assert_array_equal(a, b)  # same seed, same initial weights
+  # Start both from a briefly trained model, so most examples are correct and get attacked.
+  warm = trainer_lib.Trainer(tiny_config(objective='standard'), str(tmp_path / 'warm'), data=data)
+  _steps(warm, 25, epochs=3)
+  one.model.set_weights(warm.model.get_weights())
+  mirrored.model.set_weights(warm.model.get_weights())
+  # Random starts are keyed by (seed, step, example index), so parity holds with rand init on.
+  out_one, out_two = _steps(one, 2), _steps(mirrored, 2)
+  for a, b in zip(out_one, out_two):
+    np.testing.assert_allclose(float(a['total_loss']), float(b['total_loss']), rtol=1e-5)
+    np.testing.assert_allclose(np.sort(a['eps']), np.sort(b['eps']), atol=1e-5)
+  for a, b in zip(_weights(one), _weights(mirrored)):
+    np.testing.assert_allclose(a, b, atol=2e-6)
+  np.testing.assert_allclose(one.eps_memory.numpy(), mirrored.eps_memory.numpy(), atol=1e-5)
+  assert np.count_nonzero(one.eps_memory.numpy()) > 16  # the memory was written
+
+
+def _free_ports(n):
+  socks = [socket.socket() for _ in range(n)]
+  for s in socks:
+    s.bind(('127.0.0.1', 0))
+  ports = [s.getsockname()[1] for s in socks]
+  for s in socks:
+    s.close()
+  return ports
+
+
+def test_multi_worker_run_completes_and_workers_agree(tmp_path):
+  ports = _free_ports(2)
+  cluster = {'worker': [f'127.0.0.1:{p}' for p in ports]}
+  procs = []
+  for task in range(2):
+    env = dict(os.environ, TF_CONFIG=json.dumps({'cluster': cluster,
+                                                 'task': {'type': 'worker', 'index': task}}),
+               PYTHONPATH=ROOT)
+    procs.append(subprocess.Popen(
+        [sys.executable, os.path.join(HERE, 'mwms_worker.py'), str(tmp_path / 'run'), '40'],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  outputs = []
+  try:
+    for p in procs:
+      out, _ = p.communicate(timeout=400)
+      assert p.returncode == 0, out[-3000:]
+      outputs.append(json.loads(out.split('RESULT ')[-1]))
+  finally:
+    for p in procs:
+      p.kill()
+  a, b = outputs
+  assert a['step'] == b['step'] == 40 and a['replicas'] == 2
+  assert a['weights'] == pytest.approx(b['weights'], rel=1e-6)
+  np.testing.assert_allclose(a['weights_head'], b['weights_head'], rtol=1e-6)
+  np.testing.assert_array_equal(a['eps_memory'], b['eps_memory'])
+  assert np.count_nonzero(a['eps_memory']) > 0
+  assert os.path.isdir(tmp_path / 'run' / 'export')  # the chief exported
+  assert not any(n.startswith('.worker') for n in os.listdir(tmp_path / 'run'))
+
+
+def test_resume_equals_uninterrupted(data, tmp_path):
+  config = tiny_config(train_steps=30, checkpoint_every=7, deterministic=True)
+  full = trainer_lib.Trainer(config, str(tmp_path / 'full'), data=data, log=lambda m: None)
+  full.train()
+  part_dir = str(tmp_path / 'part')
+  trainer_lib.Trainer(tiny_config(train_steps=12, checkpoint_every=7, deterministic=True),
+                      part_dir, data=data, log=lambda m: None).train()
+  messages = []
+  resumed = trainer_lib.Trainer(config, part_dir, data=data, log=messages.append)
+  resumed.train()
+  assert any('Resumed from step 12' in m for m in messages)
+  for a, b in zip(_weights(full), _weights(resumed)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(full.eps_memory.numpy(), resumed.eps_memory.numpy())
+  for a, b in zip(full.optimizer.variables, resumed.optimizer.variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_training_raises_the_margin_and_exports_a_differentiable_savedmodel(data, tmp_path):
+  model_dir = str(tmp_path / 'run')
+  config = tiny_config(train_steps=75, nb_iter=5)
+  trainer = trainer_lib.Trainer(config, model_dir, data=data, log=lambda m: None)
+  before = trainer.evaluate('validation')
+  summary = trainer.train()
+  after = summary['validation']
+  assert after['avg_margin'] > before['avg_margin'] + 0.05, (before, after)
+  assert after['clean_acc'] > 0.6
+  assert summary['best_step'] > 0 and summary['best_val_margin'] == pytest.approx(
+      max(summary['best_val_margin'], after['avg_margin']))
+  with open(os.path.join(model_dir, 'config.json')) as f:
+    assert json.load(f)['hinge_maxeps'] == config.hinge_maxeps
+  # The export is the best checkpoint; it reloads with the same logits and input gradients.
+  predict, spec = export_lib.load_classifier(os.path.join(model_dir, 'export'))
+  assert tuple(spec.shape[1:]) == (28, 28, 1)
+  best = trainer_lib.models.build_model(config.model, (28, 28, 1), 10)
+  tf.train.Checkpoint(model=best).restore(trainer.best_manager.latest_checkpoint).expect_partial()
+  x = tf.constant(data.test_images[:8] / 255.0, tf.float32)
+  np.testing.assert_allclose(predict(x), best(x), atol=1e-5)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    loss = tf.reduce_sum(predict(x))
+  grad = tape.gradient(loss, x)
+  assert grad is not None and np.all(np.isfinite(grad)) and np.abs(grad.numpy()).sum() > 0
+
+
+def test_other_configuration_in_the_same_dir_is_refused(data, tmp_path):
+  trainer_lib.Trainer(tiny_config(train_steps=2), str(tmp_path), data=data, log=lambda m: None)
+  with pytest.raises(ValueError, match='hinge_maxeps: saved 0.45, now 0.3'):
+    trainer_lib.Trainer(tiny_config(hinge_maxeps=0.3), str(tmp_path), data=data)
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_is_kept(data, tmp_path):
+  trainer_lib.Trainer(tiny_config(train_steps=10), str(tmp_path), data=data,
+                      log=lambda m: None).train()
+  index = tf.train.latest_checkpoint(str(tmp_path / 'ckpt')) + '.index'
+  with open(index, 'wb') as f:
+    f.write(b'not a checkpoint')
+  with pytest.raises(ValueError, match='cannot be restored'):
+    trainer_lib.Trainer(tiny_config(train_steps=20), str(tmp_path), data=data).train()
+  assert open(index, 'rb').read() == b'not a checkpoint'  # nothing deleted or overwritten
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data, tmp_path):
+  trainer = trainer_lib.Trainer(tiny_config(train_steps=20, checkpoint_every=2), str(tmp_path),
+                                data=data, log=lambda m: None)
+  objective = trainer.objective
+
+  def poisoned(model, x, y, eps0, seeds, tape, batch):
+    loss, eps, stats = objective(model, x, y, eps0, seeds, tape, batch)
+    bad = tf.cast(trainer.step, tf.float32) >= 4  # the 5th step goes non-finite
+    return tf.where(bad, np.nan, loss), eps, stats
+
+  poisoned.uses_eps_memory = True
+  trainer.objective = poisoned
+  with pytest.raises(trainer_lib.NonFiniteLossError, match='at step 5.*ckpt-4'):
+    trainer.train()
+  fresh = trainer_lib.Trainer(tiny_config(train_steps=20, checkpoint_every=2), str(tmp_path),
+                              data=data, log=lambda m: None)
+  assert fresh.restore() == 4
+  assert all(np.all(np.isfinite(w)) for w in _weights(fresh))
+
+
+def test_config_rejects_batch_not_divisible_by_replicas():
+  with pytest.raises(ValueError, match='not divisible by the 3 replicas'):
+    tiny_config(batch_size=20).validate(num_replicas=3)
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--hinge_maxeps=-1'], '--hinge_maxeps must be > 0'),
+    (['--attack_mineps=0.5', '--hinge_maxeps=0.3'], 'must not exceed --hinge_maxeps'),
+    (['--test_eps=8'], 'beyond the [0, 1] image box'),
+    (['--model_dir=/proc/mma_tf_cannot_write_here'], 'is not writable'),
+    (['--dataset=imagenet'], "value should be one of"),
+    (['--objective=omma', '--clean_loss_coeff=0.5'], 'OMMA is MMA without the clean loss'),
+])
+def test_train_script_rejects_bad_flags_clearly(flags, message, tmp_path):
+  args = [sys.executable, os.path.join(ROOT, 'bin', 'train.py'), '--train_steps=1']
+  if not any(f.startswith('--model_dir') for f in flags):
+    args.append(f'--model_dir={tmp_path / "run"}')
+  result = subprocess.run(args + flags, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert message in result.stderr + result.stdout
+  assert 'Traceback' not in result.stderr
