@@ -15,7 +15,7 @@ import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from mma_tf import configs, data as data_lib, losses  # noqa: E402
@@ -39,6 +39,7 @@ def median_call(fn, n):
 
 def main(_):
   tf.get_logger().setLevel('ERROR')
+  logging.set_verbosity(logging.WARNING)
   data = data_lib.load('mnist_5k')
   results = {}
   for objective in ('mma', 'pgd_at', 'standard'):

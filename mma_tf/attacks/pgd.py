@@ -80,7 +80,8 @@ def input_gradient(predict, loss_fn, x, y):
   with tf.GradientTape(watch_accessed_variables=False) as tape:
     tape.watch(x)
     loss = tf.reduce_sum(loss_fn(predict(x), y))
-  return tape.gradient(loss, x)
+  # A model that blocks the gradient (stop_gradient) gets zeros, not a crash: evaluation reports it.
+  return tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
 def pgd(predict, x, y, eps, *, norm='Linf', nb_iter=40, step_size=None, rel_step_size=None,

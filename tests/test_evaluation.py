@@ -1,0 +1,183 @@
+"""bin/evaluate.py and mma_tf.evaluation: analytic curves, restarts, sanity checks, bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import LinearProblem, small_cnn_predict
+from mma_tf import evaluation, export
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _export_linear(problem, path):
+  model = keras.Sequential([keras.Input(problem.x.shape[1:]), keras.layers.Flatten(),
+                            keras.layers.Dense(problem.w.shape[1])])
+  model.layers[-1].set_weights([problem.w, problem.b])
+  model.export(str(path), format='tf_saved_model', verbose=False)
+  return export.load_classifier(str(path))[0]
+
+
+@pytest.mark.parametrize('norm', ['Linf', 'L2'])
+def test_linear_savedmodel_matches_analytic_curve_and_margins(norm, tmp_path):
+  p = LinearProblem(norm, 10, batch=24, max_margin=0.3 if norm == 'Linf' else 0.8)
+  predict = _export_linear(p, tmp_path / 'linear')
+  # Radii between the sorted margins, at least 1.5% away from each.
+  m = np.sort(p.margin)
+  gaps = [float((a + b) / 2) for a, b in zip(m[:-1], m[1:]) if b > a * 1.03]
+  eps = gaps[::max(len(gaps) // 3, 1)][:3]
+  assert len(eps) >= 2
+  config = evaluation.EvalConfig(norm=norm, eps=tuple(eps), nb_iter=40, nb_restart=2,
+                                 rel_step=0.25, batch_size=16,
+                                 margin_maxeps=float(1.2 * m[-1]))
+  results, per_example = evaluation.evaluate(predict, p.x, p.y, config)
+  assert results['clean_acc'] == 1.0
+  for e in eps:
+    assert results['robust_acc'][f'{e:g}'] == pytest.approx(np.mean(p.margin > e))
+  resolution = config.maxeps / 2**10
+  np.testing.assert_allclose(per_example['margin_pgd_bisection'], p.margin, atol=2 * resolution)
+  np.testing.assert_allclose(per_example['margin_anpgd'], p.margin, atol=2 * resolution)
+  assert results['margin']['pgd_bisection']['mean'] == pytest.approx(p.margin.mean(), abs=1e-3)
+  assert not results['sanity']['warnings'], results['sanity']['warnings']
+
+
+def test_restarts_and_iterations_only_lower_robust_accuracy(rng):
+  _, predict = small_cnn_predict()
+  x = rng.uniform(0, 1, (40, 8, 8, 1)).astype(np.float32)
+  y = np.argmax(predict(x).numpy(), 1).astype(np.int32)  # all clean-correct
+  def run(**kw):
+    config = evaluation.EvalConfig(norm='Linf', eps=(0.02, 0.05), batch_size=20,
+                                   margin_nb_iter=5, search_steps=3, **kw)
+    return evaluation.evaluate(predict, x, y, config)[1]['robust']
+  one, four = run(nb_iter=10, nb_restart=1), run(nb_iter=10, nb_restart=4)
+  assert np.all(four <= one)  # restart 0 is shared, so this is per example
+  assert four.sum() < one.sum()  # and the extra restarts found something
+  more_iters = run(nb_iter=40, nb_restart=1)
+  assert more_iters.sum() <= one.sum()
+
+
+def test_transfer_from_the_same_model_equals_whitebox(rng):
+  _, predict = small_cnn_predict()
+  x = rng.uniform(0, 1, (20, 8, 8, 1)).astype(np.float32)
+  y = np.argmax(predict(x).numpy(), 1).astype(np.int32)
+  config = evaluation.EvalConfig(eps=(0.03,), nb_iter=10, nb_restart=2, batch_size=20,
+                                 margin_nb_iter=3, search_steps=2)
+  results, _ = evaluation.evaluate(predict, x, y, config, source_predict=predict)
+  assert results['transfer_acc'] == results['whitebox_acc'] == results['robust_acc']
+
+
+def test_masked_gradients_and_probabilities_trigger_warnings(tmp_path, rng):
+  class Masked(tf.Module):
+    def __init__(self):
+      self.w = tf.Variable(rng.randn(64, 10).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32)])
+    def __call__(self, images):
+      return tf.matmul(tf.reshape(tf.stop_gradient(images), [-1, 64]), self.w)
+
+  module = Masked()
+  tf.saved_model.save(module, str(tmp_path / 'masked'),
+                      signatures=module.__call__.get_concrete_function())
+  masked, _ = export.load_classifier(str(tmp_path / 'masked'))
+  x = rng.uniform(0, 1, (20, 8, 8, 1)).astype(np.float32)
+  y = np.argmax(masked(x).numpy(), 1).astype(np.int32)
+  config = evaluation.EvalConfig(eps=(0.05, 0.3), nb_iter=10, nb_restart=2, batch_size=20,
+                                 margin_nb_iter=3, search_steps=2)
+  warnings = ' '.join(evaluation.evaluate(masked, x, y, config)[0]['sanity']['warnings'])
+  assert 'all-zero input gradient' in warnings
+  assert 'random noise' in warnings  # noise finds what the blind gradient attack cannot
+
+  model, _ = small_cnn_predict()
+  softmax = keras.Sequential([model, keras.layers.Softmax()])
+  y = np.argmax(softmax(x).numpy(), 1).astype(np.int32)
+  warnings = ' '.join(evaluation.evaluate(lambda v: softmax(v), x, y, config)[0]['sanity']
+                      ['warnings'])
+  assert 'look like probabilities' in warnings
+
+
+def test_bad_savedmodels_are_clear_errors(tmp_path):
+  with pytest.raises(export.SavedModelError, match='No SavedModel directory'):
+    export.load_classifier(str(tmp_path / 'missing'))
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(export.SavedModelError, match='no saved_model.pb'):
+    export.load_classifier(str(tmp_path / 'empty'))
+  (tmp_path / 'corrupt').mkdir()
+  (tmp_path / 'corrupt' / 'saved_model.pb').write_bytes(b'garbage')
+  with pytest.raises(export.SavedModelError, match='Cannot load'):
+    export.load_classifier(str(tmp_path / 'corrupt'))
+
+  class NotAnImageModel(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 5], tf.float32)])
+    def __call__(self, v):
+      return {'a': v, 'b': v}
+
+  module = NotAnImageModel()
+  tf.saved_model.save(module, str(tmp_path / 'vector'),
+                      signatures=module.__call__.get_concrete_function())
+  with pytest.raises(export.SavedModelError, match='image classifier takes one float tensor'):
+    export.load_classifier(str(tmp_path / 'vector'))
+
+
+def test_eval_config_rejects_bad_eps():
+  for eps, match in (((0.0,), 'outside'), ((1.5,), 'outside'), ((),  'at least one')):
+    with pytest.raises(ValueError, match=match):
+      evaluation.EvalConfig(norm='Linf', eps=eps).validate((28, 28, 1))
+  evaluation.EvalConfig(norm='L2', eps=(3.0,)).validate((28, 28, 1))
+  assert evaluation.parse_eps(['8', '0.5'], 'cifar10', 'Linf') == [0.0314, 0.5]
+
+
+def _evaluate_cli(*flags):
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'bin', 'evaluate.py'), *flags],
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope='module')
+def keras_export(tmp_path_factory):
+  """A model this project never built: a plain Keras CNN written by keras.Model.export()."""
+  keras.utils.set_random_seed(1)
+  model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 3, strides=2),
+                            keras.layers.ReLU(), keras.layers.Flatten(), keras.layers.Dense(10)])
+  path = tmp_path_factory.mktemp('keras') / 'export'
+  model.export(str(path), verbose=False)
+  return path
+
+
+def test_cli_evaluates_a_plain_keras_export(keras_export, tmp_path):
+  out = tmp_path / 'report'
+  result = _evaluate_cli(f'--saved_model={keras_export}', '--num_examples=20', '--nb_iter=5',
+                         '--nb_restart=2', '--margin_nb_iter=3', '--batch_size=10',
+                         '--eps=0.05,0.1', f'--output_dir={out}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert '| clean |' in result.stdout
+  files = sorted(os.listdir(out))
+  assert files == ['margins.png', 'per_example.npz', 'results.json', 'results.md',
+                   'robust_accuracy.png']
+  results = json.loads((out / 'results.json').read_text())
+  assert results['num_examples'] == 20 and set(results['robust_acc']) == {'0.05', '0.1'}
+  # A second run does not overwrite the report.
+  again = _evaluate_cli(f'--saved_model={keras_export}', f'--output_dir={out}')
+  assert again.returncode != 0 and 'already holds a report' in again.stderr
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--eps=0'], 'outside (0, 1]'),
+    (['--norm=L2', '--eps=40'], 'outside (0, 28]'),
+    (['--dataset=cifar10'], 'takes images of shape (28, 28, 1)'),
+    (['--num_examples=0'], '--num_examples must be >= 1'),
+])
+def test_cli_bad_input_writes_nothing(keras_export, tmp_path, flags, message):
+  out = tmp_path / 'report'
+  result = _evaluate_cli(f'--saved_model={keras_export}', f'--output_dir={out}', *flags)
+  assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+  assert not out.exists() and not (tmp_path / 'report.tmp').exists()
+  assert 'Traceback' not in result.stderr
+
+
+def test_cli_missing_savedmodel(tmp_path):
+  result = _evaluate_cli(f'--saved_model={tmp_path / "nope"}')
+  assert result.returncode != 0 and 'No SavedModel directory' in result.stderr
