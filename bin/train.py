@@ -61,7 +61,8 @@ _FIELDS = {
     'seed': (flags.DEFINE_integer, 'Seed for init, data order and attack starts.'),
     'checkpoint_every': (flags.DEFINE_integer, 'Steps between checkpoints (and every epoch).'),
     'log_every': (flags.DEFINE_integer, 'Steps between progress lines and summaries.'),
-    'jit_compile': (flags.DEFINE_bool, 'XLA-compile the validation step (slower on CPU).'),
+    'jit_compile': (flags.DEFINE_bool, 'XLA-compile the attacks and the validation step (slower '
+                    'on CPU; try it on GPUs / TPUs).'),
     'deterministic': (flags.DEFINE_bool, 'Enable TF op determinism (exact resume; slower).'),
 }
 for _name, (_define, *_rest) in _FIELDS.items():

@@ -15,6 +15,12 @@ def _predict(model, training):
   return lambda images: model(images, training=training)
 
 
+def _compiled(attack, config):
+  """The attack XLA-compiled when --jit_compile (it holds no cross-replica ops, so it compiles
+  inside strategy.run); plain graph otherwise, which is faster on CPU (BUILD.md)."""
+  return tf.function(attack, jit_compile=True) if config.jit_compile else attack
+
+
 def _average(per_example, global_batch_size):
   return tf.reduce_sum(per_example) / tf.cast(global_batch_size, tf.float32)
 
@@ -44,9 +50,9 @@ class PGDAdversarial:
   def __call__(self, model, x, y, eps0, seeds, tape, global_batch_size):
     c = self.config
     with tape.stop_recording():
-      x_adv = pgd(_predict(model, False), x, y, c.pgd_eps, norm=c.norm, nb_iter=c.nb_iter,
-                  rel_step_size=c.eps_iter_scale / c.nb_iter, loss='ce', rand_init=True,
-                  seed=seeds)
+      x_adv = _compiled(pgd, c)(_predict(model, False), x, y, c.pgd_eps, norm=c.norm,
+                                nb_iter=c.nb_iter, rel_step_size=c.eps_iter_scale / c.nb_iter,
+                                loss='ce', rand_init=True, seed=seeds)
     logits = model(x_adv, training=True)
     ce = losses.cross_entropy(logits, y)
     stats = {'loss': ce, 'adv_correct': _correct(logits, y)}
@@ -73,7 +79,7 @@ class MMA:
     correct = losses.soft_logit_margin(clean_logits, y) < 0  # (b) the SLM split
     eps0 = tf.maximum(eps0, c.attack_mineps)
     with tape.stop_recording():  # (c) AN-PGD on the correct examples
-      x_mix, eps_hat = anpgd(
+      x_mix, eps_hat = _compiled(anpgd, c)(
           _predict(model, False), x, y, eps0, maxeps=c.maxeps, norm=c.norm, nb_iter=c.nb_iter,
           eps_iter_scale=c.eps_iter_scale, num_search_steps=c.num_search_steps, rand_init=True,
           seed=seeds, mask=correct, search_predict=_predict(model, c.search_bn_mode == 'train'),

@@ -105,6 +105,14 @@ def test_multi_worker_run_completes_and_workers_agree(tmp_path):
   assert not any(n.startswith('.worker') for n in os.listdir(tmp_path / 'run'))
 
 
+def test_jit_compiled_attacks_train(data, tmp_path):
+  trainer = trainer_lib.Trainer(tiny_config(jit_compile=True), str(tmp_path), data=data,
+                                log=lambda m: None)
+  outputs = _steps(trainer, 3)
+  assert all(np.isfinite(float(o['total_loss'])) for o in outputs)
+  assert trainer._train_step.experimental_get_tracing_count() == 1
+
+
 def test_resume_equals_uninterrupted(data, tmp_path):
   config = tiny_config(train_steps=30, checkpoint_every=7, deterministic=True)
   full = trainer_lib.Trainer(config, str(tmp_path / 'full'), data=data, log=lambda m: None)
