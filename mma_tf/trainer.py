@@ -150,7 +150,8 @@ class Trainer:
         saved = json.load(f)
       # Resuming with other settings would mix two runs in one directory; the loop length
       # (train_steps) and logging cadence may change.
-      free = {'train_steps', 'log_every', 'checkpoint_every', 'jit_compile'}
+      free = {'train_steps', 'log_every', 'checkpoint_every', 'jit_compile', 'deterministic',
+              'eval_batch_size'}
       diff = {k: (saved.get(k), v) for k, v in mine.items()
               if k not in free and saved.get(k) != v}
       if diff:

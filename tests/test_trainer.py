@@ -138,6 +138,7 @@ def test_training_raises_the_margin_and_exports_a_differentiable_savedmodel(data
   before = trainer.evaluate('validation')
   summary = trainer.train()
   after = summary['validation']
+  assert trainer._train_step.experimental_get_tracing_count() == 1  # 3 epochs, one trace
   assert after['avg_margin'] > before['avg_margin'] + 0.05, (before, after)
   assert after['clean_acc'] > 0.6
   assert summary['best_step'] > 0 and summary['best_val_margin'] == pytest.approx(
