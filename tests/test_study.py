@@ -36,3 +36,32 @@ def test_standard_row_of_the_linf_study_reproduces(tmp_path):
     assert within(result['robust_acc'][eps], values, 0.03), eps
   assert within(result['margin']['min_of_both']['mean'], recorded['margin'],
                 0.15 * max(recorded['margin']))
+
+
+def _fake_run(study_dir, name, seed, clean, robust, margin):
+  run = study_dir / f'{name}-seed{seed}'
+  (run / 'eval').mkdir(parents=True)
+  (run / 'summary.json').write_text(json.dumps({'seconds': 100.0 + seed}))
+  (run / 'eval' / 'results.json').write_text(json.dumps({
+      'clean_acc': clean, 'robust_acc': robust, 'avg_rob_acc': sum(robust.values()) / 2,
+      'margin': {'min_of_both': {'mean': margin}}, 'sanity': {'warnings': []},
+      'timing': {'seconds': 50.0}, 'eps': [0.1, 0.2], 'norm': 'Linf'}))
+
+
+def test_summarize_reports_mean_and_spread_over_seeds(tmp_path):
+  sys.path.insert(0, os.path.join(ROOT, 'docs', 'study'))
+  try:
+    import summarize  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.pop(0)
+  _fake_run(tmp_path, 'mma', 0, 0.9, {'0.1': 0.8, '0.2': 0.6}, 0.30)
+  _fake_run(tmp_path, 'mma', 1, 0.7, {'0.1': 0.6, '0.2': 0.2}, 0.20)
+  _fake_run(tmp_path, 'standard', 0, 0.95, {'0.1': 0.1, '0.2': 0.0}, 0.10)
+  summarize.main(str(tmp_path), str(tmp_path / 'out'))
+  table = (tmp_path / 'out.md').read_text().splitlines()
+  assert [line.split('|')[1].strip() for line in table[2:]] == ['standard', 'mma']  # paper order
+  assert '| mma | 2 | 80.0 (70.0-90.0) | 70.0 (60.0-80.0) | 40.0 (20.0-60.0) |' in table[3]
+  assert '0.250 (0.200-0.300) | 100 (100-101) | 50 (50-50) |' in table[3]
+  summary = json.loads((tmp_path / 'out.json').read_text())
+  assert summary['mma']['robust']['0.2'] == [0.6, 0.2]
+  assert (tmp_path / 'out.png').stat().st_size > 1000

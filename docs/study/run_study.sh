@@ -13,7 +13,7 @@ if [ "$norm" = Linf ]; then
   eval_flags="--eps=0.1,0.2,0.3,0.4"
 else
   runs="standard:--objective=standard pgd_at:--objective=pgd_at@--pgd_eps=2.0 \
-        mma:--objective=mma@--hinge_maxeps=2.0"
+        mma:--objective=mma@--hinge_maxeps=2.0 mma_dmax4:--objective=mma@--hinge_maxeps=4.0"
   eval_flags="--eps=1,2,3,4"
 fi
 mkdir -p "$out"
@@ -22,14 +22,20 @@ for seed in 0 1; do
     name=${run%%:*}
     flags=${run#*:}
     dir="$out/$name-seed$seed"
+    # Re-running the script resumes: finished evaluations and finished trainings are kept.
+    if [ -f "$dir/eval/results.json" ]; then echo "$name seed $seed: done earlier"; continue; fi
     start=$(date +%s)
-    # shellcheck disable=SC2086
-    python bin/train.py $common ${flags//@/ } --seed=$seed --model_dir="$dir" > "$dir.train.log" 2>&1
+    trained="skipped (done earlier)"
+    if [ ! -f "$dir/summary.json" ]; then
+      # shellcheck disable=SC2086
+      python bin/train.py $common ${flags//@/ } --seed=$seed --model_dir="$dir" > "$dir.train.log" 2>&1
+      trained="$(($(date +%s) - start)) s"
+    fi
     mid=$(date +%s)
     python bin/evaluate.py --saved_model="$dir/export" --dataset=mnist_5k --norm="$norm" \
       $eval_flags --num_examples=200 --nb_restart=4 --margin_nb_iter=20 --output_dir="$dir/eval" --overwrite \
       > "$dir.eval.log" 2>&1
     end=$(date +%s)
-    echo "$name seed $seed: train $((mid - start)) s, evaluate $((end - mid)) s" | tee -a "$out/times.txt"
+    echo "$name seed $seed: train $trained, evaluate $((end - mid)) s" | tee -a "$out/times.txt"
   done
 done
