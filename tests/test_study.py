@@ -1,5 +1,5 @@
 """Replays the smallest row of docs/RESULTS.md (standard training, seed 0) and checks that it
-stays within the recorded spread. Slow (about 4 minutes): run with `pytest --runslow`."""
+stays within the recorded spread. Slow (about 5 minutes): run with `pytest --runslow`."""
 import json
 import os
 import subprocess
