@@ -8,7 +8,10 @@ direction, and a bisection on the radius of PGD itself, so a weakness of one sho
 disagreement. Sanity checks look for gradient masking and a broken attack.
 """
 import dataclasses
+import json
 import math
+import os
+import shutil
 import time
 
 import numpy as np
@@ -214,8 +217,10 @@ def evaluate(predict, images, labels, config, source_predict=None, progress=None
   noise = np.zeros((len(eps_list), n), bool)
   margin_anpgd, margin_bisect = np.zeros(n, np.float32), np.zeros(n, np.float32)
   attack_seconds = 0.0
-  for lo, hi in _batches(n, bs):
-    x, y, idx = (_pad(a[lo:hi], bs) for a in (images, labels, np.arange(n, dtype=np.int32)))
+  index = np.arange(n, dtype=np.int32)
+  batches = [(lo, hi, *(_pad(a[lo:hi], bs) for a in (images, labels, index)))
+             for lo, hi in _batches(n, bs)]
+  for lo, hi, x, y, idx in batches:
     clean[lo:hi] = target._correct(x, y).numpy()[:hi - lo]
     m1, m2 = target._margins(x, y, idx)
     margin_anpgd[lo:hi], margin_bisect[lo:hi] = m1.numpy()[:hi - lo], m2.numpy()[:hi - lo]
@@ -224,8 +229,7 @@ def evaluate(predict, images, labels, config, source_predict=None, progress=None
       progress(done, steps_total, 'margins')
   for e_i, eps in enumerate(eps_list):
     eps_t = tf.constant(eps, tf.float32)
-    for lo, hi in _batches(n, bs):
-      x, y, idx = (_pad(a[lo:hi], bs) for a in (images, labels, np.arange(n, dtype=np.int32)))
+    for lo, hi, x, y, idx in batches:
       t = time.time()
       per_restart, _ = target._whitebox(x, y, idx, eps_t)
       per_restart = per_restart.numpy()
@@ -341,10 +345,7 @@ def write_report(results, per_example, out_dir, title='Robustness evaluation'):
   Everything is written to a scratch directory first and moved into place at the end, so an
   interrupted run leaves nothing half-written.
   """
-  import json
-  import os
-  import shutil
-  import matplotlib
+  import matplotlib  # imported here: only reports need it, and it is slow to import
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 

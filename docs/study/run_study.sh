@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The embedded-data study of docs/RESULTS.md: train each objective with two seeds, then evaluate
 # every export with bin/evaluate.py. Usage: bash docs/study/run_study.sh Linf|L2 [OUT_DIR]
+# SEEDS="0" and ONLY="standard mma" restrict the runs (tests/test_study.py replays one row so).
 set -euo pipefail
 norm=${1:-Linf}
 out=${2:-runs/study-$norm}
@@ -17,10 +18,11 @@ else
   eval_flags="--eps=1,2,3,4"
 fi
 mkdir -p "$out"
-for seed in 0 1; do
+for seed in ${SEEDS:-0 1}; do
   for run in $runs; do
     name=${run%%:*}
     flags=${run#*:}
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
     dir="$out/$name-seed$seed"
     # Re-running the script resumes: finished evaluations and finished trainings are kept.
     if [ -f "$dir/eval/results.json" ]; then echo "$name seed $seed: done earlier"; continue; fi
