@@ -31,5 +31,7 @@ setup(
         'gpu': ['tensorflow[and-cuda]>=2.16'],
         'test': ['pytest'],
     },
+    entry_points={'console_scripts': ['mma-train = mma_tf.cli.train:run',
+                                      'mma-evaluate = mma_tf.cli.evaluate:run']},
     license='Apache-2.0',
 )

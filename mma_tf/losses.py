@@ -39,11 +39,41 @@ def cw_loss(logits, labels, kappa=50.0):
   return tf.nn.relu(logit_margin(logits, labels) + kappa)
 
 
+def dlr_loss(logits, labels):
+  """Untargeted Difference of Logits Ratio (Croce & Hein 2020): -(z_y - max_{j!=y} z_j) /
+  (z_pi1 - z_pi3 + 1e-12), with z_pi the logits sorted in decreasing order. > 0 iff misclassified;
+  invariant to shifting and positive scaling of the logits. Needs >= 3 classes.
+  """
+  logits, _, _, true_logit = _prepare(logits, labels)
+  top = tf.math.top_k(logits, 3).values
+  best_other = true_logit + logit_margin(logits, labels)
+  return -(true_logit - best_other) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def targeted_dlr_loss(logits, labels, targets):
+  """Targeted DLR (APGD-T): -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12), the sort over all
+  classes. Needs >= 4 classes."""
+  logits, _, _, true_logit = _prepare(logits, labels)
+  target_logit = tf.gather(logits, tf.cast(targets, tf.int32), axis=1, batch_dims=1)
+  top = tf.math.top_k(logits, 4).values
+  return -(true_logit - target_logit) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
+def target_by_rank(logits, rank):
+  """The class with the `rank`-th largest logit per example (rank 1 = the predicted class).
+
+  AutoAttack's targeted attacks use ranks 2..10 of the clean logits as their 9 targets.
+  """
+  order = tf.argsort(tf.cast(logits, tf.float32), axis=-1, direction='DESCENDING', stable=True)
+  return order[:, rank - 1]
+
+
 LOSSES = {
     'ce': cross_entropy,
     'slm': soft_logit_margin,
     'lm': logit_margin,
     'cw': cw_loss,
+    'dlr': dlr_loss,
 }
 
 

@@ -1,0 +1,1 @@
+"""Command-line entry points (`mma-train`, `mma-evaluate`; also `python bin/train.py`)."""
