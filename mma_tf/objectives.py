@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from mma_tf import losses
 from mma_tf.attacks import anpgd, pgd
+from mma_tf.evaluation.common import is_correct
 
 
 def _predict(model, training):
@@ -60,12 +61,20 @@ class PGDAdversarial:
 
 
 class MMA:
-  """MMA (clean_loss_coeff c = 1/3) and OMMA (c = 0), as `trainer.py::train_one_batch` (PAPER.md 2.3).
+  """MMA (clean_loss_coeff c = 1/3) and OMMA (c = 0), as `trainer.py::train_one_batch` (docs/paper_notes.md 2.3).
 
   loss = c * mean CE(clean) + (1 - c) * [sum_{correct, eps_hat < d_max} CE(x + delta_hat)
                                          + sum_{wrong} CE(x)] / B
   "correct" means SLM < 0 (p_y > 1/2) on the clean train-mode pass; AN-PGD runs on those only,
   starting from max(attack_mineps, remembered eps); wrong examples are remembered as 0.
+
+  BatchNorm, as the released code: passes (a) clean and (d) mixed run in train mode, the PGD
+  iterations in eval mode, and the 1 + num_search_steps bisection forwards in the mode
+  `search_bn_mode` ('train' as released). Every train-mode forward normalises with its own batch
+  statistics and moves the moving statistics once, so a step moves them 2 + 1 + num_search_steps
+  times with 'train' and 2 times with 'eval' (tests/test_bn_sgd.py); the train-mode search also
+  mixes the unattacked examples into its batch statistics. Under several replicas those
+  statistics are per replica unless the model is built with sync_batchnorm.
   """
   uses_eps_memory = True
 
@@ -101,8 +110,7 @@ class MMA:
 
 
 def _correct(logits, y):
-  return tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(y, tf.int32)),
-                 tf.float32)
+  return tf.cast(is_correct(logits, y), tf.float32)
 
 
 OBJECTIVES = {'mma': MMA, 'omma': MMA, 'pgd_at': PGDAdversarial, 'standard': Standard}

@@ -7,7 +7,17 @@ all-gathered (index, eps) pairs, so every replica and worker holds the same tabl
 
 Everything a resumed run needs is in the checkpoint (model, optimizer, step, eps memory, best
 validation margin); data order and attack randomness are functions of (seed, step), so a resumed
-run repeats an uninterrupted one exactly (with op determinism).
+run repeats an uninterrupted one exactly (with op determinism, see `configure_process`).
+
+Building a `Trainer` leaves process-wide state alone: the model is initialised from per-layer
+initializer seeds derived from `config.seed`, and op determinism / global seeds are set only by
+`configure_process`, which the CLI's main calls.
+
+Multi-worker checkpoints follow TF's MultiWorkerMirroredStrategy custom-loop pattern: every worker
+saves (saving may involve collectives), only the chief's copy in model_dir is kept and read; a
+non-chief worker writes to a scratch directory that is deleted right after each save. Every worker
+restores from the chief's checkpoint, so a crash between the chief's save and a worker's cannot
+leave the workers on different steps. The model_dir must be on storage all workers can read.
 """
 import json
 import os
@@ -18,19 +28,26 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from mma_tf import configs
 from mma_tf import data as data_lib
 from mma_tf import export as export_lib
 from mma_tf import models
 from mma_tf import objectives
-from mma_tf.attacks import anpgd_test, example_seeds, pgd
+from mma_tf.attacks import example_seeds
+from mma_tf.evaluation.validation import validation_sums
 
 CONFIG_FILE = 'config.json'
 
 
 class TorchSGD(keras.optimizers.Optimizer):
-  """PyTorch's SGD with momentum: v = mu v + g; w -= lr v (Keras keeps lr inside v instead,
-  which differs from the released code just after each learning-rate drop)."""
+  """PyTorch's SGD with momentum (dampening 0, no Nesterov): v = mu v + g; w -= lr v.
+
+  Keras' SGD keeps lr inside v instead (v = mu v - lr g), which differs from the released code
+  just after each learning-rate drop. Weight decay is not applied here: the trainer adds
+  0.5 * wd * ||w||^2 to the loss, so g already holds PyTorch's `g + wd * w`.
+  """
 
   def __init__(self, learning_rate, momentum=0.9, name='torch_sgd', **kwargs):
     super().__init__(learning_rate=learning_rate, name=name, **kwargs)
@@ -53,6 +70,9 @@ class TorchSGD(keras.optimizers.Optimizer):
 
 
 def learning_rate(config):
+  """A constant, or PyTorch's MultiStepLR stepped per iteration: the step numbered k (1-based)
+  uses lr_values[i] where i counts the boundaries b < k. Keras calls the schedule with the number
+  of steps already taken (k - 1)."""
   if not config.lr_values:
     return config.learning_rate
   # PyTorch sets the new rate after `boundary` steps; Keras' schedule switches when
@@ -65,6 +85,27 @@ def build_optimizer(config):
   if config.optimizer == 'adam':
     return keras.optimizers.Adam(learning_rate(config), epsilon=1e-8)  # PyTorch's eps
   return TorchSGD(learning_rate(config), momentum=config.momentum)
+
+
+def configure_process(config):
+  """Process-wide set-up for a training run (the CLI's main calls it, before building anything).
+
+  Enables TF op determinism when config.deterministic (it cannot be undone in this process) and
+  seeds Python, NumPy and TF's global generators with config.seed. The trainer itself needs
+  neither for its own randomness (seeded initializers, stateless attack and data seeds); op
+  determinism makes the float reductions reproducible, which exact resume relies on.
+  """
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  keras.utils.set_random_seed(config.seed)
+
+
+def _op_determinism_enabled():
+  try:
+    from tensorflow.python.framework import config as tf_config  # no public getter in TF 2.21
+    return bool(tf_config.is_op_determinism_enabled())
+  except (ImportError, AttributeError):
+    return True  # cannot tell: do not block the run
 
 
 def make_strategy(name):
@@ -105,10 +146,11 @@ class Trainer:
     self.log = log
     config.validate(self.strategy.num_replicas_in_sync)
     self.is_chief = _is_chief(self.strategy)
+    if config.deterministic and not _op_determinism_enabled():
+      raise ValueError('config.deterministic is set but TF op determinism is off in this process; '
+                       'call mma_tf.trainer.configure_process(config) first (the CLI does).')
     self.data = data or data_lib.load(config.dataset, tfds_data_dir)
     self._check_model_dir()
-    if config.deterministic:
-      tf.config.experimental.enable_op_determinism()
     spec = self.data.spec
     self.steps_per_epoch = self.data.steps_per_epoch(config.batch_size)
     if self.steps_per_epoch < 1:
@@ -116,8 +158,7 @@ class Trainer:
                        f'{len(self.data.train_indices)} training images of {spec.name}.')
     self.objective = objectives.build_objective(config)
     with self.strategy.scope():
-      keras.utils.set_random_seed(config.seed)
-      self.model = models.build_model(config.model, spec.image_shape, spec.num_classes)
+      self.model = self._build_model()
       self.optimizer = build_optimizer(config)
       self.optimizer.build(self.model.trainable_variables)
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
@@ -132,8 +173,16 @@ class Trainer:
         self.checkpoint, self._write_dir('ckpt'), max_to_keep=3)
     self.best_manager = tf.train.CheckpointManager(
         tf.train.Checkpoint(model=self.model), self._write_dir('best'), max_to_keep=1)
+    # Neither step is compiled around strategy.run: XLA compiles for one device, so with
+    # --jit_compile only what runs inside a replica is compiled (the attacks in the training step,
+    # objectives._compiled; the whole replica function in validation).
     self._train_step = tf.function(self._train_step_fn, jit_compile=False)
-    self._eval_step = tf.function(self._eval_step_fn, jit_compile=config.jit_compile)
+    self._eval_step = tf.function(self._eval_step_fn, jit_compile=False)
+
+  def _build_model(self):
+    spec = self.data.spec
+    return models.build_model(self.config.model, spec.image_shape, spec.num_classes,
+                              seed=self.config.seed, sync_batchnorm=self.config.sync_batchnorm)
 
   # ------------------------------------------------------------------------------ model dir
   def _check_model_dir(self):
@@ -144,20 +193,16 @@ class Trainer:
     except OSError as e:
       raise ValueError(f'--model_dir={self.model_dir} is not writable ({e}).') from e
     path = os.path.join(self.model_dir, CONFIG_FILE)
-    mine = json.loads(self.config.to_json())
     if os.path.exists(path):
       with open(path) as f:
         saved = json.load(f)
-      # Resuming with other settings would mix two runs in one directory; the loop length
-      # (train_steps) and logging cadence may change.
-      free = {'train_steps', 'log_every', 'checkpoint_every', 'jit_compile', 'deterministic',
-              'eval_batch_size'}
-      diff = {k: (saved.get(k), v) for k, v in mine.items()
-              if k not in free and saved.get(k) != v}
-      if diff:
+      # Resuming with other settings would mix two runs in one directory; fields marked
+      # resumable (loop length, cadence) may change, and fields added by a later version resume
+      # at their default (configs.resume_conflicts).
+      conflicts = configs.resume_conflicts(saved, self.config)
+      if conflicts:
         raise ValueError(
-            f'{self.model_dir} holds a run with another configuration '
-            f'({", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))}). '
+            f'{self.model_dir} holds a run with another configuration ({"; ".join(conflicts)}). '
             'Use a new --model_dir, or the same flags to resume.')
     if self.is_chief:
       _atomic_write(path, self.config.to_json())
@@ -168,6 +213,15 @@ class Trainer:
       return os.path.join(self.model_dir, name)
     resolver = self.strategy.cluster_resolver
     return os.path.join(self.model_dir, f'.worker_{resolver.task_type}_{resolver.task_id}', name)
+
+  def _save(self, manager, step):
+    """Saves on every worker; a non-chief's scratch copy is deleted at once (never read)."""
+    manager.save(checkpoint_number=step)
+    if not self.is_chief:
+      tf.io.gfile.rmtree(manager.directory)
+
+  def _latest_chief_checkpoint(self):
+    return tf.train.latest_checkpoint(os.path.join(self.model_dir, 'ckpt'))
 
   # ------------------------------------------------------------------------------ steps
   def _train_step_fn(self, iterator):
@@ -206,22 +260,17 @@ class Trainer:
   def _eval_step_fn(self, batch):
     config = self.config
 
-    def replica_eval(batch):
-      x, y, index, w = batch['image'], batch['label'], batch['index'], batch['weight']
+    def replica_sums(batch):
       predict = lambda images: self.model(images, training=False)
-      seeds = example_seeds(tf.constant([config.seed, -1], tf.int64), index)
-      correct = lambda images: tf.cast(
-          tf.equal(tf.argmax(predict(images), -1, output_type=tf.int32), y), tf.float32)
-      x_pgd = pgd(predict, x, y, config.test_eps, norm=config.norm, nb_iter=config.nb_iter,
-                  step_size=config.test_eps_iter, loss='ce', seed=seeds)
-      _, eps_hat = anpgd_test(predict, x, y, test_eps=config.test_eps, maxeps=config.maxeps,
-                              norm=config.norm, nb_iter=config.nb_iter,
-                              test_eps_iter=config.test_eps_iter,
-                              num_search_steps=config.num_search_steps, seed=seeds,
-                              released_quirks=config.released_quirks)
-      return {'clean_correct': tf.reduce_sum(w * correct(x)),
-              'pgd_correct': tf.reduce_sum(w * correct(x_pgd)),
-              'margin': tf.reduce_sum(w * eps_hat), 'count': tf.reduce_sum(w)}
+      return validation_sums(predict, batch['image'], batch['label'], batch['index'],
+                             batch['weight'], config)
+
+    def replica_eval(batch):
+      # No cross-replica op inside, so the replica's whole work compiles. A new tf.function per
+      # replica (as objectives._compiled): one shared trace would capture replica 0's variables.
+      if config.jit_compile:
+        return tf.function(replica_sums, jit_compile=True)(batch)
+      return replica_sums(batch)
 
     sums = self.strategy.run(replica_eval, args=(batch,))
     return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
@@ -243,10 +292,12 @@ class Trainer:
             'avg_margin': totals['margin'] / n}
 
   def restore(self):
-    """Restores the latest checkpoint, if any; returns the step restored (0 for a new run)."""
-    latest = tf.train.latest_checkpoint(self._write_dir('ckpt'))
-    if latest is None and not self.is_chief:  # workers follow the chief's checkpoint
-      latest = tf.train.latest_checkpoint(os.path.join(self.model_dir, 'ckpt'))
+    """Restores the chief's latest checkpoint, if any; returns the step restored (0 for a new run).
+
+    Every worker reads the chief's directory, so all replicas start from the same weights, step
+    and eps table (a non-chief keeps no checkpoint of its own).
+    """
+    latest = self._latest_chief_checkpoint()
     if latest is None:
       return 0
     try:
@@ -286,7 +337,7 @@ class Trainer:
         step += 1
         loss = float(out['total_loss'])
         if not np.isfinite(loss):
-          latest = tf.train.latest_checkpoint(self._write_dir('ckpt'))
+          latest = self._latest_chief_checkpoint()
           raise NonFiniteLossError(
               f'Non-finite loss ({loss}) at step {step}. Nothing was saved after it; the last '
               f'good checkpoint is {latest or "none (no checkpoint yet)"}. Lower the learning '
@@ -299,20 +350,20 @@ class Trainer:
           self._log_train(summary_writer, step, window, out['eps'], t0, start)
           window = {}
         if step % config.checkpoint_every == 0 and step != epoch_end:
-          self.manager.save(checkpoint_number=step)
+          self._save(self.manager, step)
       last_val = self.evaluate('validation')
       improved = last_val['avg_margin'] > float(self.best_margin.numpy())
       if improved:
         self.best_margin.assign(last_val['avg_margin'])
         self.best_step.assign(step)
-        self.best_manager.save(checkpoint_number=step)
+        self._save(self.best_manager, step)
       with val_writer.as_default(step=step):
         for k, v in last_val.items():
           tf.summary.scalar(k, v)
       self.log(f'epoch {epoch + 1} step {step}: validation clean_acc {last_val["clean_acc"]:.4f} '
                f'pgd_acc@{config.test_eps:g} {last_val["pgd_acc"]:.4f} avg_margin '
                f'{last_val["avg_margin"]:.4f}{" (best)" if improved else ""}')
-      self.manager.save(checkpoint_number=step)
+      self._save(self.manager, step)
     export_dir = os.path.join(self.model_dir, 'export')
     if self.is_chief and (start < config.train_steps or not os.path.exists(export_dir)):
       self.export_best(export_dir)
@@ -347,12 +398,15 @@ class Trainer:
              f'{rate:.2f} steps/s eta {eta / 60:.1f} min')
 
   def export_best(self, export_dir):
-    """Exports the best checkpoint (latest weights if none) as a SavedModel, atomically."""
-    spec = self.data.spec
-    model = models.build_model(self.config.model, spec.image_shape, spec.num_classes)
+    """Exports the best checkpoint (latest weights if none) as a SavedModel, atomically.
+
+    Raises ValueError, writing nothing, unless every weight of the model came from the checkpoint
+    and every model weight in the checkpoint found its place.
+    """
+    model = self._build_model()
     best = self.best_manager.latest_checkpoint or self.manager.latest_checkpoint
     if best:
-      tf.train.Checkpoint(model=model).restore(best).expect_partial()
+      restore_model_weights(model, best)
     else:
       model.set_weights(self.model.get_weights())
     export_lib.export_saved_model(model, export_dir)
@@ -361,6 +415,48 @@ class Trainer:
   def _cleanup_worker_dirs(self):
     if not self.is_chief:
       shutil.rmtree(os.path.dirname(self._write_dir('ckpt')), ignore_errors=True)
+
+
+def _saved_model_weight_count(path):
+  """Number of distinct variables reachable from the checkpoint's `model` entry.
+
+  Read from the object graph, not the tensor names: a variable is stored once, under whichever
+  path reached it first (often optimizer/...), so names under model/ undercount.
+  """
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'))
+  roots = [c.node_id for c in graph.nodes[0].children if c.local_name == 'model']
+  seen, stack = set(), list(roots)
+  while stack:
+    node = stack.pop()
+    if node not in seen:
+      seen.add(node)
+      stack.extend(c.node_id for c in graph.nodes[node].children)
+  return sum(1 for n in seen
+             if any(a.name == 'VARIABLE_VALUE' for a in graph.nodes[n].attributes))
+
+
+def restore_model_weights(model, path):
+  """Restores `model` from the `model` entry of checkpoint `path`, requiring an exact match.
+
+  expect_partial() would silently leave unmatched weights at their initial values; here every
+  weight of `model` must be restored and the checkpoint must hold no other model weights.
+  """
+  status = None
+  try:
+    status = tf.train.Checkpoint(model=model).restore(path)
+    status.assert_existing_objects_matched()
+    saved = _saved_model_weight_count(path)
+  except (tf.errors.OpError, AssertionError, ValueError) as e:
+    raise ValueError(f'Checkpoint {path} does not match model {model.name!r} '
+                     f'({type(e).__name__}: {str(e).splitlines()[0][:300]}); it is from another '
+                     'model or configuration. Nothing was exported.') from e
+  finally:
+    if status is not None:  # checked here; the optimizer's, step's... values are not wanted
+      status.expect_partial()
+  if saved != len(model.weights):
+    raise ValueError(f'Checkpoint {path} holds {saved} model weights but {model.name!r} has '
+                     f'{len(model.weights)}; it is from another model. Nothing was exported.')
 
 
 def _atomic_write(path, text):

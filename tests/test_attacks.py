@@ -52,7 +52,7 @@ def test_anpgd_recovers_the_analytic_margin(norm, num_classes, rand_init):
 def test_anpgd_test_variant_recovers_the_analytic_margin(norm, quirks):
   p = LinearProblem(norm, 10)
   maxeps = 0.4
-  # test_eps = maxeps / 2 makes the released first-update quirk harmless (PAPER.md 2.5).
+  # test_eps = maxeps / 2 makes the released first-update quirk harmless (docs/paper_notes.md 2.5).
   x_adv, eps_hat = anpgd_test(p.predict, p.x, p.y, test_eps=maxeps / 2, maxeps=maxeps, norm=norm,
                               nb_iter=40, rand_init=False, released_quirks=quirks)
   np.testing.assert_allclose(eps_hat, p.margin, atol=maxeps / 2**10 + 1e-6)

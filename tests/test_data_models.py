@@ -1,8 +1,10 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mma_tf import configs
 from mma_tf import data as data_lib
 from mma_tf import models
 
@@ -73,14 +75,57 @@ def test_tfds_missing_data_gives_instructions(tmp_path):
     data_lib.load('mnist', tfds_data_dir=str(tmp_path), download=False)
 
 
-def test_cifar_augmentation_is_madry_and_deterministic():
-  image = tf.random.stateless_uniform([32, 32, 3], [1, 2])
-  a = data_lib._madry_cifar_augment(image, tf.constant([5, 6], tf.int64))
-  b = data_lib._madry_cifar_augment(image, tf.constant([5, 6], tf.int64))
-  np.testing.assert_array_equal(a, b)
-  assert a.shape == (32, 32, 3)
-  outs = [data_lib._madry_cifar_augment(image, tf.constant([5, s], tf.int64)) for s in range(20)]
-  assert len({o.numpy().tobytes() for o in outs}) > 10  # crops and flips vary with the seed
+def _windows(out, image):
+  """Every (dy, dx, flipped) for which `out` is the 32x32 window at (dy, dx) of the reflect-padded
+  (4 pixels, edge not repeated, as torchvision's Pad(4, 'reflect')) `image`, possibly flipped."""
+  padded = np.pad(image, ((4, 4), (4, 4), (0, 0)), mode='reflect')
+  h, w = image.shape[:2]
+  return [(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (False, True)
+          if np.array_equal(out, (lambda v: v[:, ::-1] if flip else v)(
+              padded[dy:dy + h, dx:dx + w]))]
+
+
+def test_cifar_augmentation_is_reflect_pad_4_random_crop_32_and_flip():
+  # Distinct pixel values: a window and its flip are identifiable, so each output has one match.
+  image = np.random.RandomState(0).permutation(32 * 32 * 3).reshape(32, 32, 3).astype(np.float32)
+  seen = set()
+  for s in range(40):
+    out = data_lib._madry_cifar_augment(tf.constant(image), tf.constant([5, s], tf.int64)).numpy()
+    matches = _windows(out, image)
+    assert len(matches) == 1, f'seed {s}: not a flipped/unflipped window of the padded image'
+    seen.add(matches[0])
+  offsets = {(dy, dx) for dy, dx, _ in seen}
+  assert {flip for _, _, flip in seen} == {False, True}
+  assert len(offsets) >= 10  # 81 offsets are possible; 40 draws land on many of them
+  # Windows reaching into the padding on each side: the pad is really 4 and really reflected.
+  assert {dy for dy, _ in offsets} & {0, 1} and {dy for dy, _ in offsets} & {7, 8}
+  assert {dx for _, dx in offsets} & {0, 1} and {dx for _, dx in offsets} & {7, 8}
+  again = data_lib._madry_cifar_augment(tf.constant(image), tf.constant([5, 3], tf.int64))
+  np.testing.assert_array_equal(
+      again, data_lib._madry_cifar_augment(tf.constant(image), tf.constant([5, 3], tf.int64)))
+
+
+def test_cifar_training_batches_are_augmented_per_image_and_validation_is_not():
+  rng = np.random.RandomState(1)
+  spec = data_lib.DatasetSpec('cifar_like', (32, 32, 3), 10, num_validation=4, augment=True)
+  images = rng.randint(0, 256, (24, 32, 32, 3)).astype(np.uint8)
+  labels = rng.randint(0, 10, 24).astype(np.int32)
+  data = data_lib.Data(spec, images, labels, images[:4], labels[:4])
+  seen = set()
+  for epoch in range(2):
+    for batch in data_lib.train_dataset(data, 10, seed=0, epoch=epoch):
+      for out, index in zip(batch['image'].numpy(), batch['index'].numpy()):
+        matches = _windows(out, images[index].astype(np.float32) / 255.0)
+        assert len(matches) == 1
+        seen.add(matches[0])
+  assert {flip for _, _, flip in seen} == {False, True} and len(seen) >= 10
+  # The same (seed, epoch) gives the same views; validation images stay as they are.
+  first = next(iter(data_lib.train_dataset(data, 10, seed=0, epoch=1)))
+  again = next(iter(data_lib.train_dataset(data, 10, seed=0, epoch=1)))
+  np.testing.assert_array_equal(first['image'], again['image'])
+  val_images, val_labels, val_indices = data.eval_split('validation')
+  val = next(iter(data_lib.eval_dataset(val_images, val_labels, val_indices, 4)))
+  np.testing.assert_allclose(val['image'], images[:4] / 255.0, atol=1e-7)
 
 
 def test_unknown_dataset_is_a_value_error():
@@ -118,6 +163,16 @@ def test_per_image_standardize_uses_unbiased_std(rng):
   np.testing.assert_allclose(out.reshape(3, -1), expected, rtol=1e-5, atol=1e-6)
   constant = models.PerImageStandardize()(np.full((1, 4, 4, 3), 0.5, np.float32)).numpy()
   np.testing.assert_allclose(constant, 0.0)  # std floor: no division by zero
+
+
+def test_the_config_model_table_matches_the_registry():
+  """configs.MODELS (read by the CLI before Keras starts) lists every registered model and
+  whether it holds BatchNorm, which decides whether --search_bn_mode can act."""
+  assert set(configs.MODELS) == set(models.MODELS)
+  for name, has_bn in configs.MODELS.items():
+    model = models.build_model(name, (8, 8, 3) if name.startswith('wrn') else (28, 28, 1), 10)
+    found = any(isinstance(l, keras.layers.BatchNormalization) for l in model.layers)
+    assert found == has_bn, name
 
 
 def test_unknown_model_is_a_value_error():

@@ -22,7 +22,7 @@ def test_losses_match_their_definitions(rng):
   np.testing.assert_allclose(losses.logit_margin(z, y), others.max(1) - zy, atol=1e-6)
   np.testing.assert_allclose(losses.cw_loss(z, y), np.maximum(others.max(1) - zy + 50, 0),
                              atol=1e-5)
-  # Identities of PAPER.md 1.1: CE = log(1 + exp(SLM)), SLM >= LM, SLM < 0 <=> p_y > 1/2.
+  # Identities of docs/paper_notes.md 1.1: CE = log(1 + exp(SLM)), SLM >= LM, SLM < 0 <=> p_y > 1/2.
   slm = losses.soft_logit_margin(z, y).numpy()
   np.testing.assert_allclose(losses.cross_entropy(z, y), np.log1p(np.exp(slm)), rtol=1e-4,
                              atol=1e-5)
@@ -56,7 +56,7 @@ def test_random_init_is_in_ball_and_box(norm, rng):
   delta = geometry.random_init(x, eps, seeds, 0.0, 1.0)
   assert np.all(geometry.norm(delta).numpy() <= eps.numpy() * (1 + 1e-5) + 1e-7)
   assert np.all((x + delta).numpy() >= 0) and np.all((x + delta).numpy() <= 1)
-  if norm == 'L2':  # advertorch's start: almost always on the sphere (PAPER.md 2.2)
+  if norm == 'L2':  # advertorch's start: almost always on the sphere (docs/paper_notes.md 2.2)
     small = eps.numpy() < 1.0
     np.testing.assert_allclose(geometry.norm(delta).numpy()[small], eps.numpy()[small],
                                rtol=1e-4)

@@ -1,6 +1,8 @@
-"""The MMA loss against a direct re-computation of PAPER.md 2.3 on a tiny batch."""
+"""The MMA loss against a direct re-computation of docs/paper_notes.md 2.3 on a tiny batch, and
+what OMMA's missing clean term changes."""
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from helpers import LinearProblem
@@ -43,7 +45,7 @@ def test_mma_loss_matches_a_direct_recomputation():
     loss, eps_out, _ = objective(model, x, y, eps0, seeds, tape, global_batch_size=16)
   grads = tape.gradient(loss, model.trainable_variables)
 
-  # Direct re-computation from PAPER.md 2.3.
+  # Direct re-computation from docs/paper_notes.md 2.3.
   z_clean = model(x).numpy()
   correct = _np_slm(z_clean, y) < 0
   assert correct.sum() == 12 and not correct[:4].any()
@@ -72,19 +74,55 @@ def test_mma_loss_matches_a_direct_recomputation():
     np.testing.assert_allclose(g, c * gc + (1 - c) * gm, rtol=1e-4, atol=1e-6)
 
 
-def test_omma_has_no_clean_term_and_other_objectives_run():
+def _run_objective(config, model, x, y, seeds):
+  with tf.GradientTape() as tape:
+    loss, eps_out, stats = objectives.build_objective(config)(
+        model, x, y, np.zeros(len(y), np.float32), seeds, tape, len(y))
+  return loss, eps_out, stats, tape.gradient(loss, model.trainable_variables)
+
+
+def test_omma_differs_from_mma_by_exactly_the_clean_term():
+  """L_mma = c CE_clean + (1 - c) M and L_omma = M with the same margin term M (same batch, seeds
+  and eps0, a BN-free model), so L_mma - (1 - c) L_omma is the clean term c CE_clean: in the loss,
+  in the per-example statistics and in the gradient."""
+  p = LinearProblem('Linf', 10, batch=12)
+  y = p.y.copy()
+  y[:3] = 7  # three misclassified examples: clean CE is large for them, so the term matters
+  model = _linear_keras_model(p)
+  seeds = example_seeds([0, 9], np.arange(12))
+  x = tf.constant(p.x)
+  mma_config = configs.resolve('mnist_5k', 'Linf', dict(objective='mma', nb_iter=5,
+                                                        hinge_maxeps=0.2, attack_mineps=0.02))
+  omma_config = configs.resolve('mnist_5k', 'Linf', dict(objective='omma', nb_iter=5,
+                                                         hinge_maxeps=0.2, attack_mineps=0.02))
+  c = mma_config.clean_loss_coeff
+  assert c == pytest.approx(1 / 3) and omma_config.clean_loss_coeff == 0
+  mma_loss, mma_eps, mma_stats, mma_grads = _run_objective(mma_config, model, x, y, seeds)
+  omma_loss, omma_eps, omma_stats, omma_grads = _run_objective(omma_config, model, x, y, seeds)
+  np.testing.assert_array_equal(mma_eps, omma_eps)  # the same attack, so the same margin term
+
+  with tf.GradientTape() as tape:
+    clean_ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y, model(x))
+    clean_term = c * tf.reduce_mean(clean_ce)
+  clean_grads = tape.gradient(clean_term, model.trainable_variables)
+  assert float(clean_term) > 0.5  # a real difference, not rounding
+  assert abs(float(mma_loss) - float(omma_loss)) > 0.1
+  np.testing.assert_allclose(float(mma_loss) - (1 - c) * float(omma_loss), float(clean_term),
+                             rtol=1e-5)
+  np.testing.assert_allclose(mma_stats['loss'] - (1 - c) * omma_stats['loss'], c * clean_ce,
+                             rtol=1e-5, atol=1e-6)
+  for gm, go, gc in zip(mma_grads, omma_grads, clean_grads):
+    np.testing.assert_allclose(gm - (1 - c) * go.numpy(), gc, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('name, overrides', [
+    ('omma', {}), ('pgd_at', dict(pgd_eps=0.05)), ('standard', {})])
+def test_other_objectives_run_and_sum_their_statistics(name, overrides):
   p = LinearProblem('Linf', 10, batch=8)
   model = _linear_keras_model(p)
   seeds = example_seeds(0, np.arange(8))
-  x = tf.constant(p.x)
-  omma = configs.resolve('mnist_5k', 'Linf', dict(objective='omma', nb_iter=5))
-  assert omma.clean_loss_coeff == 0
-  for name in ('omma', 'pgd_at', 'standard'):
-    config = configs.resolve('mnist_5k', 'Linf', dict(objective=name, nb_iter=5, pgd_eps=0.05))
-    with tf.GradientTape() as tape:
-      loss, eps_out, stats = objectives.build_objective(config)(
-          model, x, p.y, np.zeros(8, np.float32), seeds, tape, 8)
-    assert np.isfinite(float(loss)) and eps_out.shape == (8,)
-    grads = tape.gradient(loss, model.trainable_variables)
-    assert all(g is not None for g in grads)
-    np.testing.assert_allclose(float(loss) * 8, stats['loss'].numpy().sum(), rtol=1e-5)
+  config = configs.resolve('mnist_5k', 'Linf', dict(objective=name, nb_iter=5, **overrides))
+  loss, eps_out, stats, grads = _run_objective(config, model, tf.constant(p.x), p.y, seeds)
+  assert np.isfinite(float(loss)) and eps_out.shape == (8,)
+  assert all(g is not None for g in grads)
+  np.testing.assert_allclose(float(loss) * 8, stats['loss'].numpy().sum(), rtol=1e-5)

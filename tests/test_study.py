@@ -28,7 +28,7 @@ def test_standard_row_of_the_linf_study_reproduces(tmp_path):
   assert within(result['clean_acc'], recorded['clean'], 0.02)
   for eps, values in recorded['robust'].items():
     assert within(result['robust_acc'][eps], values, 0.03), eps
-  assert within(result['margin']['min_of_both']['mean'], recorded['margin'],
+  assert within(result['margin']['min_of_all']['mean'], recorded['margin'],
                 0.15 * max(recorded['margin']))
 
 
@@ -38,7 +38,7 @@ def _fake_run(study_dir, name, seed, clean, robust, margin):
   (run / 'summary.json').write_text(json.dumps({'seconds': 100.0 + seed}))
   (run / 'eval' / 'results.json').write_text(json.dumps({
       'clean_acc': clean, 'robust_acc': robust, 'avg_rob_acc': sum(robust.values()) / 2,
-      'margin': {'min_of_both': {'mean': margin}}, 'sanity': {'warnings': []},
+      'margin': {'min_of_all': {'mean': margin}}, 'sanity': {'warnings': []},
       'timing': {'seconds': 50.0}, 'eps': [0.1, 0.2], 'norm': 'Linf'}))
 
 

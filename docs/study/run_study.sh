@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The embedded-data study of docs/RESULTS.md: train each objective with two seeds, then evaluate
 # every export with bin/evaluate.py. Usage: bash docs/study/run_study.sh Linf|L2 [OUT_DIR]
-# SEEDS="0" and ONLY="standard mma" restrict the runs (tests/test_study.py replays one row so).
+# SEEDS="0" and ONLY="standard mma" restrict the runs (tests/test_study.py replays one row so);
+# PROTOCOL=all adds AutoAttack to the evaluation (docs/RESULTS.md, "Under AutoAttack").
 set -euo pipefail
 norm=${1:-Linf}
 out=${2:-runs/study-$norm}
@@ -35,7 +36,8 @@ for seed in ${SEEDS:-0 1}; do
     fi
     mid=$(date +%s)
     python bin/evaluate.py --saved_model="$dir/export" --dataset=mnist_5k --norm="$norm" \
-      $eval_flags --num_examples=200 --nb_restart=4 --margin_nb_iter=20 --output_dir="$dir/eval" --overwrite \
+      $eval_flags --num_examples=200 --nb_restart=4 --margin_nb_iter=20 --protocol=${PROTOCOL:-paper} \
+      --margins=anpgd,pgd_bisection --output_dir="$dir/eval" --overwrite \
       > "$dir.eval.log" 2>&1
     end=$(date +%s)
     echo "$name seed $seed: train $trained, evaluate $((end - mid)) s" | tee -a "$out/times.txt"

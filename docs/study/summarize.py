@@ -32,7 +32,7 @@ def load_runs(study_dir):
       train = json.load(f)
     rows.setdefault(name, []).append({
         'seed': int(seed), 'clean': r['clean_acc'], 'robust': r['robust_acc'],
-        'avg_rob_acc': r['avg_rob_acc'], 'margin': r['margin']['min_of_both']['mean'],
+        'avg_rob_acc': r['avg_rob_acc'], 'margin': r['margin']['min_of_all']['mean'],
         'warnings': r['sanity']['warnings'], 'train_seconds': train['seconds'],
         'eval_seconds': r['timing']['seconds'], 'eps': r['eps'], 'norm': r['norm']})
   if not rows:

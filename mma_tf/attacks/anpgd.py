@@ -1,7 +1,7 @@
 """AN-PGD (adaptive-norm PGD): the shortest successful perturbation along a PGD direction.
 
-`anpgd` is the training variant (`anpgd.py::ANPGD` of the released MMA code, PAPER.md 2.1) and
-`anpgd_test` the validation variant (`ANPGDForTest`, PAPER.md 2.5). Both work on the whole batch
+`anpgd` is the training variant (`anpgd.py::ANPGD` of the released MMA code, docs/paper_notes.md 2.1) and
+`anpgd_test` the validation variant (`ANPGDForTest`, docs/paper_notes.md 2.5). Both work on the whole batch
 with per-example radii, so shapes stay static; a mask selects the examples to attack.
 """
 import numpy as np
@@ -65,7 +65,7 @@ def anpgd(predict, x, y, eps0, *, maxeps, norm='Linf', nb_iter=40, eps_iter_scal
     maxeps: upper end of the search (the released trainer uses 1.05 * d_max).
     mask: bool [B], the examples to attack (default all). Others get eps_hat 0 and x unchanged.
     search_predict: images -> logits for the bisection; default `predict`. The released code
-      searches in train mode (BN batch statistics), see PAPER.md 2.4 item 2.
+      searches in train mode (BN batch statistics), see docs/paper_notes.md 2.4 item 2.
     released_quirks: True reproduces the released code: u = (x_pgd - x) / eps0, eps_hat is the
       last midpoint (its margin unused) and x + eps_hat*u is NOT clipped to the box. False returns
       the smallest scale known to succeed and clips the result to [clip_min, clip_max].
@@ -107,7 +107,7 @@ def anpgd_test(predict, x, y, *, test_eps, maxeps, norm='Linf', nb_iter=40, test
 
   PGD runs at `test_eps` with step `test_eps_iter` (default 2.5*test_eps/nb_iter) and the SLM loss.
   released_quirks=True reproduces the released search: the margin measured at test_eps is
-  attributed to the scale 0.5*maxeps for the first bracket update (PAPER.md 2.5) and the returned
+  attributed to the scale 0.5*maxeps for the first bracket update (docs/paper_notes.md 2.5) and the returned
   scale is the last midpoint. False attributes it to test_eps and returns the smallest scale known
   to succeed. Returns (x_at_eps_hat clipped to the box, eps_hat [B]).
   """

@@ -98,7 +98,7 @@ def pgd(predict, x, y, eps, *, norm='Linf', nb_iter=40, step_size=None, rel_step
       Default: rel_step_size = 2.5 / nb_iter (Madry et al.; the MMA code's eps_iter_scale).
     loss: 'ce', 'slm', 'lm', 'cw' or a callable (logits, labels) -> per-example loss.
       It is summed over the batch, so per-example gradients do not depend on the batch size.
-    rand_init: start from advertorch's random point in the ball (PAPER.md 2.2) or from x.
+    rand_init: start from advertorch's random point in the ball (docs/paper_notes.md 2.2) or from x.
     seed: int, a [2] stateless seed, or per-example seeds [B, 2] (see `example_seeds`).
   Returns:
     The adversarial batch, clipped to [clip_min, clip_max] (the last iterate, as advertorch).

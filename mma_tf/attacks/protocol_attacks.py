@@ -1,0 +1,135 @@
+"""Registry entries for the built-in attacks: AutoAttack's four and the MMA paper's PGD restarts.
+
+Each entry only maps (stage -> call of the attack function); the algorithms live in their own
+modules (`apgd.py`, `fab.py`, `square.py`, `pgd.py`).
+"""
+import dataclasses
+
+import tensorflow as tf
+
+from mma_tf.attacks.apgd import apgd
+from mma_tf.attacks.fab import fab
+from mma_tf.attacks.pgd import pgd
+from mma_tf.attacks.square import square
+from mma_tf.attacks.registry import Attack, register
+
+
+def _misclassified(predict, x_adv, y):
+  return tf.not_equal(tf.argmax(predict(x_adv), -1, output_type=tf.int32), tf.cast(y, tf.int32))
+
+
+@register('pgd')
+@dataclasses.dataclass
+class PGDRestarts(Attack):
+  """The MMA paper's whitebox protocol: `nb_restart` PGD runs from random starts, the first half
+  (rounded up) with cross-entropy, the rest with the CW loss (kappa 50); success at the last
+  iterate, as advertorch (the paper's numbers are computed so)."""
+  nb_iter: int = 100
+  nb_restart: int = 10
+  rel_step: float = 1 / 40
+
+  def num_stages(self, num_classes):
+    return self.nb_restart
+
+  def loss(self, stage):
+    return 'ce' if stage < (self.nb_restart + 1) // 2 else 'cw'
+
+  def run_stage(self, predict, x, y, eps, seeds, stage):
+    x_adv = pgd(predict, x, y, eps, norm=self.norm, nb_iter=self.nb_iter,
+                rel_step_size=self.rel_step, loss=self.loss(stage), rand_init=True, seed=seeds)
+    return x_adv, _misclassified(predict, x_adv, y)
+
+
+@dataclasses.dataclass
+class Transfer(Attack):
+  """Adversarial examples crafted by `inner` on a `source` model, scored on the evaluated model
+  (the MMA paper's transfer attacks, docs/paper_notes.md 5.1). Not registered: it needs a model."""
+  inner: Attack = None
+  source: object = None
+  name = 'transfer'
+
+  def num_stages(self, num_classes):
+    return self.inner.num_stages(num_classes)
+
+  @property
+  def stream(self):
+    return self.inner.stream  # the same starts as the whitebox run of `inner`
+
+  def run_stage(self, predict, x, y, eps, seeds, stage):
+    x_adv, _ = self.inner.run_stage(self.source, x, y, eps, seeds, stage)
+    return x_adv, _misclassified(predict, x_adv, y)
+
+
+  def describe(self):
+    return f'transfer({self.inner.describe()} on the source model)'
+
+
+@register('apgd-ce')
+@dataclasses.dataclass
+class APGDCE(Attack):
+  """APGD with cross-entropy, one run (AutoAttack standard)."""
+  nb_iter: int = 100
+  loss = 'ce'
+
+  def run_stage(self, predict, x, y, eps, seeds, stage):
+    return apgd(predict, x, y, eps, norm=self.norm, loss=self.loss, nb_iter=self.nb_iter,
+                seed=seeds)
+
+
+@register('apgd-dlr')
+@dataclasses.dataclass
+class APGDDLR(APGDCE):
+  """APGD with the untargeted DLR loss (AutoAttack 'plus' / 'rand' versions); needs 3 classes."""
+  loss = 'dlr'
+  min_classes = 3
+
+
+@register('apgd-t')
+@dataclasses.dataclass
+class APGDT(Attack):
+  """APGD with the targeted DLR loss, one run per target: the classes ranked 2..n+1 by clean
+  logit, each on the points the earlier targets left robust. Needs 4 classes."""
+  nb_iter: int = 100
+  n_target_classes: int = 9
+  min_classes = 4
+  stage_is_tensor = True
+
+  def num_stages(self, num_classes):
+    return min(self.n_target_classes, num_classes - 1)
+
+  def run_stage(self, predict, x, y, eps, seeds, stage):
+    return apgd(predict, x, y, eps, norm=self.norm, loss='dlr_targeted', nb_iter=self.nb_iter,
+                target_rank=stage + 2, seed=seeds)
+
+
+@register('fab-t')
+@dataclasses.dataclass
+class FABT(Attack):
+  """Targeted FAB, minimal norm, deterministic start, one run per target (ranks 2..n+1), each on
+  the points the earlier targets left robust; success = a point within eps was found."""
+  nb_iter: int = 100
+  n_target_classes: int = 9
+  stage_is_tensor = True
+
+  def num_stages(self, num_classes):
+    return min(self.n_target_classes, num_classes - 1)
+
+  def run_stage(self, predict, x, y, eps, seeds, stage):
+    x_adv, success, _ = fab(predict, x, y, eps, norm=self.norm, nb_iter=self.nb_iter,
+                            target_rank=stage + 2)
+    return x_adv, success
+
+
+@register('square')
+@dataclasses.dataclass
+class Square(Attack):
+  """The Square attack: score-based random search (no gradients), margin loss."""
+  n_queries: int = 5000
+  p_init: float = 0.8
+  uses_gradients = False
+
+  def run_stage(self, predict, x, y, eps, seeds, stage):
+    x_adv, success, _ = square(predict, x, y, eps, norm=self.norm, n_queries=self.n_queries,
+                               p_init=self.p_init, seed=seeds)
+    return x_adv, success
+

@@ -1,0 +1,73 @@
+"""The `Attack` interface of the evaluator and its registry: a new attack is one file.
+
+An attack runs in stages (restarts, target classes); the evaluator runs each stage only on the
+points still robust, compacting them between stages. A stage is a pure function of
+(predict, x, y, eps [B], seeds [B, 2]) returning (x_adv, success [B]), with x_adv inside the eps
+ball and [0, 1] and success = misclassified at x_adv.
+
+  @register('my-attack')
+  class MyAttack(Attack):
+    def run_stage(self, predict, x, y, eps, seeds, stage):
+      ...
+"""
+import dataclasses
+
+ATTACKS = {}
+
+
+def register(name):
+  """Class decorator: makes an `Attack` subclass available by name (`--attacks=name`)."""
+  def wrap(cls):
+    if name in ATTACKS:
+      raise ValueError(f'Attack {name!r} is registered twice.')
+    cls.name = name
+    ATTACKS[name] = cls
+    return cls
+  return wrap
+
+
+@dataclasses.dataclass
+class Attack:
+  """Base class. Subclasses are dataclasses whose fields are the attack's hyperparameters."""
+  norm: str = 'Linf'
+  name = None          # set by @register
+  min_classes = 2      # fewer classes than this is refused before any attack runs
+  uses_gradients = True
+
+  def num_stages(self, num_classes):
+    return 1
+
+  def check(self, num_classes):
+    """Raises ValueError when the attack cannot run on a `num_classes`-way classifier."""
+    if num_classes < self.min_classes:
+      raise ValueError(f'{self.name} needs a classifier with at least {self.min_classes} '
+                       f'classes; this one has {num_classes}. Drop it from --attacks.')
+
+  # True when run_stage takes `stage` as a scalar int tensor (one trace for all stages).
+  stage_is_tensor = False
+
+  def run_stage(self, predict, x, y, eps, seeds, stage):
+    raise NotImplementedError
+
+  @property
+  def stream(self):
+    """Name of the attack's random stream (seeds are keyed by it, the stage and the index)."""
+    return self.name
+
+  def describe(self):
+    fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != 'norm'}
+    return f'{self.name}(' + ', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}'
+                                      for k, v in fields.items()) + ')'
+
+
+def get_attack(name, norm, **params):
+  """An attack instance by registry name, with hyperparameters overriding its defaults."""
+  _load_builtin_attacks()
+  if name not in ATTACKS:
+    raise ValueError(f'Unknown attack {name!r}; choose from {", ".join(sorted(ATTACKS))}.')
+  return ATTACKS[name](norm=norm, **params)
+
+
+def _load_builtin_attacks():
+  # Importing the modules registers their attacks.
+  from mma_tf.attacks import protocol_attacks  # noqa: F401

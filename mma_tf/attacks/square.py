@@ -1,0 +1,356 @@
+"""Square Attack (Andriushchenko et al., 2020) as AutoAttack's standard version runs it.
+
+Score-based random search: no gradients, only forward passes, so it is the ensemble's check for
+gradient masking (docs/autoattack.md 4, 5). Untargeted margin loss z_y - max_{j!=y} z_j, minimised;
+p_init 0.8 for Linf and L2, the p schedule on the raw iteration index (not rescaled to n_queries),
+Linf started from vertical +-eps stripes, L2 from a grid of signed tiles renormalised to eps.
+
+The whole run is one `tf.while_loop` over queries with static shapes; the window side changes with
+the iteration, so windows are masks built from iota comparisons with a dynamic side. Randomness
+comes from a counter-based integer hash keyed by each example's own stateless seed, so an
+example's run does not depend on its batch, on padding or on the number of replicas, and eager,
+`tf.function`, XLA and `strategy.run` draw the same numbers.
+
+Queries are counted as the reference does: the initial point is query 1, then each iteration
+charges 1 to every example still correctly classified at its start, so a robust example uses
+n_queries + 1. Acceptance is also the reference's: a candidate replaces the best point only if its
+margin is strictly lower, or <= 0; an example whose best margin is <= 0 stops (docs/autoattack.md 4.1).
+
+Departures from the reference code (fra31/auto-attack `square.py`), all deliberate:
+- Per-example draws. The reference draws one window position per iteration for the whole batch
+  (and for Linf one set of colour signs, for L2 one second window and one transpose coin); here
+  every example draws its own. Each example sees the same distribution as in the reference, but
+  its result no longer depends on which other examples share its batch.
+- Window offsets. The reference draws the top-left corner from {0, ..., H-s-1} (an off-by-one), so
+  with s < H the last row and column are never touched after the initialisation; on small images
+  (e.g. 4x5) that leaves pixels the attack can never move. By default offsets are drawn from the
+  full range {0, ..., H-s}; `reference_offsets=True` restores the reference's range.
+- L2 initialisation on small or non-square images. The reference tiles with q = H // 5, which is
+  0 for H < 5 (a division by zero), and fails when a tile sticks out of the image. Here q is at
+  least 1, the offset at least 0, and tiles are cut at the image border.
+- Examples that are misclassified at x, or have eps 0, are not attacked (0 queries), as the
+  reference's driver leaves them out of the batch it attacks.
+"""
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from mma_tf import losses as losses_lib
+from mma_tf import norms as norms_lib
+# Imported by name: the package's __init__ rebinds `mma_tf.attacks.pgd` to the pgd function.
+from mma_tf.attacks.pgd import _seeds_for_batch, check_attack_inputs, per_example_vector
+
+# p is halved after each of these (raw) iteration indices: the schedule designed for 10k queries.
+P_BOUNDARIES = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def p_schedule(i, p_init=0.8):
+  """The fraction of pixels changed at iteration i (0-based): p_init / 2^(#boundaries below i)."""
+  return p_init / 2**sum(int(i) > b for b in P_BOUNDARIES)
+
+
+def side_length(p, height, width, norm='Linf', channels=1):
+  """Window side for fraction p: round(sqrt(p*H*W)), >= 1 (Linf) or >= 3 and odd (L2), then
+  capped at min(H, W) (after the odd rule, as the reference: the cap may make it even)."""
+  name = norms_lib.get_norm(norm).name
+  # The reference's arithmetic, sqrt(p * (C*H*W) / C) with Python's round, for identical sides.
+  s = int(round(math.sqrt(p * (channels * height * width) / channels)))
+  if name == 'L2':
+    s = max(s, 3)
+    s += 1 if s % 2 == 0 else 0
+  else:
+    s = max(s, 1)
+  return min(s, min(height, width))
+
+
+def _centred_rectangle(a, b):
+  """a x b block whose entry at Chebyshev distance d from the centre is sum_{k=d}^{K-1} (k+1)^-2,
+  K = max(a//2, b//2) + 1 (nested squares of weight 1/(k+1)^2), unit Frobenius norm."""
+  if a == 0:
+    return np.zeros((0, b))
+  k_max = max(a // 2, b // 2) + 1
+  tail = np.cumsum((1.0 / np.arange(1, k_max + 1)**2)[::-1])[::-1]  # tail[d] = sum_{k>=d}
+  dist = np.maximum(np.abs(np.arange(a)[:, None] - a // 2), np.abs(np.arange(b)[None] - b // 2))
+  r = tail[dist]
+  return r / np.linalg.norm(r)
+
+
+def eta_pattern(s):
+  """The L2 update pattern eta(s) (s x s, unit norm): a positive centred block over the top s//2
+  rows and a negative one over the rest. The caller transposes it with probability 1/2."""
+  e = np.concatenate([_centred_rectangle(s // 2, s), -_centred_rectangle(s - s // 2, s)], 0)
+  return e / np.linalg.norm(e)
+
+
+# ------------------------------------------------------------------------------------ randomness
+
+def _mix(h):
+  """A 32-bit integer finaliser (xor-shift-multiply): a good avalanche for counter-based draws."""
+  h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(16, tf.uint32)))
+  h = h * tf.constant(0x7feb352d, tf.uint32)
+  h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(15, tf.uint32)))
+  h = h * tf.constant(0x846ca68b, tf.uint32)
+  return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(16, tf.uint32)))
+
+
+def _example_keys(seeds):
+  """Two 32-bit keys [B, 1] per example from its stateless seed [B, 2] (int64)."""
+  words = tf.bitcast(tf.cast(seeds, tf.int64), tf.uint32)  # [B, 2, 2]
+  words = tf.reshape(words, [-1, 4])
+  h = _mix(words[:, 0] + tf.constant(0x9e3779b9, tf.uint32))
+  for j in (1, 2, 3):
+    h = _mix(tf.bitwise.bitwise_xor(h, words[:, j]) + tf.constant(0x85ebca6b, tf.uint32))
+  k2 = _mix(h + tf.constant(0x632be5ab, tf.uint32))
+  return h[:, None], k2[:, None]
+
+
+def _random_bits(keys, stream, n):
+  """uint32 [B, n]: draw j of `stream` (a scalar: 0 = initialisation, i + 1 = iteration i)."""
+  k1, k2 = keys
+  stream = tf.cast(stream, tf.uint32)
+  a = _mix(k1 + stream * tf.constant(0x9e3779b9, tf.uint32))
+  counter = tf.constant(np.arange(n, dtype=np.uint32))[None]
+  return _mix(_mix(tf.bitwise.bitwise_xor(a, counter)) + k2)
+
+
+def _unit_float(bits):
+  """[0, 1) floats with 24 random bits, as in `norms.uniform_per_example`."""
+  return tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32) * 2.0**-24
+
+
+def _signs(bits, dtype):
+  return tf.cast(tf.where(tf.bitwise.bitwise_and(bits, tf.constant(1, tf.uint32)) > 0, 1.0, -1.0),
+                 dtype)
+
+
+def _offset(bits, span):
+  """floor(u * span) for u ~ U[0, 1): uniform on {0, ..., span-1}, 0 when span is 0 (reference)."""
+  span = tf.cast(span, tf.float32)
+  v = tf.cast(tf.floor(_unit_float(bits) * span), tf.int32)
+  return tf.clip_by_value(v, 0, tf.maximum(tf.cast(span, tf.int32) - 1, 0))
+
+
+# --------------------------------------------------------------------------------------- windows
+
+# Draw slots of one iteration: window 1 (row, column), window 2 (row, column), transpose coin,
+# then one colour sign per channel.
+_ROW1, _COL1, _ROW2, _COL2, _COIN, _SIGNS = range(6)
+
+
+def _window(row, col, side, height, width):
+  """Bool [B, H, W, 1]: rows [row, row+side) x columns [col, col+side) of each example."""
+  r = tf.range(height)[None, :]
+  c = tf.range(width)[None, :]
+  in_r = (r >= row[:, None]) & (r < row[:, None] + side)
+  in_c = (c >= col[:, None]) & (c < col[:, None] + side)
+  return (in_r[:, :, None] & in_c[:, None, :])[..., None]
+
+
+def _placed_pattern(patterns, regime, row, col, coin, window, height, width):
+  """Float [B, H, W, 1]: eta(side) (transposed where coin) in each example's window, 0 outside.
+
+  patterns: [regimes, S, S] with eta(side of the regime) in the top-left corner, zero padded.
+  """
+  pattern = tf.gather(patterns, regime)
+  size = patterns.shape[-1]
+  local_r = tf.range(height)[None, :, None] - row[:, None, None]
+  local_c = tf.range(width)[None, None, :] - col[:, None, None]
+  local_r = tf.broadcast_to(local_r, [tf.shape(row)[0], height, width])
+  local_c = tf.broadcast_to(local_c, [tf.shape(row)[0], height, width])
+  flip = coin[:, None, None]
+  first = tf.clip_by_value(tf.where(flip, local_c, local_r), 0, size - 1)
+  second = tf.clip_by_value(tf.where(flip, local_r, local_c), 0, size - 1)
+  placed = tf.gather_nd(pattern, tf.stack([first, second], -1))[..., None]
+  return tf.where(window, placed, tf.zeros_like(placed))
+
+
+# ------------------------------------------------------------------------------- initialisations
+
+def _linf_init(x, eps, keys, clip_min, clip_max):
+  """Vertical stripes: each (column, channel) of an example gets +eps or -eps down the column."""
+  _, _, width, channels = x.shape
+  signs = _signs(_random_bits(keys, 0, width * channels), x.dtype)
+  signs = tf.reshape(signs, [-1, 1, width, channels])
+  return tf.clip_by_value(x + norms_lib.per_example(eps, x) * signs, clip_min, clip_max)
+
+
+def _l2_tiles(height, width):
+  """Static tile layout of the L2 initialisation: (tile id map [H, W] (-1 outside any tile),
+  eta(q) read straight and transposed at each pixel [H, W], number of tiles)."""
+  q = max(height // 5, 1)
+  start = max((height - 5 * q) // 2, 0)
+  eta = eta_pattern(q)
+  ids = -np.ones((height, width), np.int32)
+  straight = np.zeros((height, width))
+  transposed = np.zeros((height, width))
+  tiles = 0
+  for a in range(height // q):
+    for b in range(width // q):  # the tile size comes from H in both directions, as the reference
+      r0, c0 = start + a * q, start + b * q
+      for i in range(q):
+        for j in range(q):
+          if r0 + i < height and c0 + j < width:  # tiles are cut at the border
+            ids[r0 + i, c0 + j] = tiles
+            straight[r0 + i, c0 + j] = eta[i, j]
+            transposed[r0 + i, c0 + j] = eta[j, i]
+      tiles += 1
+  return ids, straight, transposed, tiles
+
+
+def _l2_init(x, eps, keys, clip_min, clip_max):
+  """A grid of q x q tiles, each eta(q) (transposed on a coin) times a sign per channel, the sum
+  renormalised to L2 norm eps."""
+  _, height, width, channels = x.shape
+  ids, straight, transposed, tiles = _l2_tiles(height, width)
+  bits = _random_bits(keys, 0, tiles * (channels + 1))
+  coins = tf.bitwise.bitwise_and(bits[:, :tiles], tf.constant(1, tf.uint32)) > 0  # [B, T]
+  signs = tf.reshape(_signs(bits[:, tiles:], x.dtype), [-1, tiles, channels])  # [B, T, C]
+  index = np.maximum(ids, 0)
+  coin_map = tf.gather(coins, index, axis=1)  # [B, H, W]
+  sign_map = tf.gather(signs, index, axis=1)  # [B, H, W, C]
+  value = tf.where(coin_map, tf.constant(transposed, x.dtype), tf.constant(straight, x.dtype))
+  delta = value[..., None] * sign_map * tf.constant((ids >= 0)[..., None], x.dtype)
+  return tf.clip_by_value(x + _to_radius(delta, eps), clip_min, clip_max)
+
+
+def _to_radius(delta, eps):
+  """eps * delta / (||delta||_2 + 1e-12), the reference's `normalize` times eps."""
+  n = norms_lib.L2Norm.norm(delta)
+  return delta * norms_lib.per_example(eps / (n + 1e-12), delta)
+
+
+# ----------------------------------------------------------------------------------- candidates
+
+def _linf_candidate(x, x_best, eps, window, signs, clip_min, clip_max):
+  """x_best with the window set to x + eps*sign per channel: the reference adds 2*eps*sign and
+  projects back on the eps ball and the box, which is what is computed here."""
+  e = norms_lib.per_example(eps, x)
+  step = tf.where(window, 2 * e * signs, tf.zeros_like(x))
+  return tf.clip_by_value(tf.minimum(tf.maximum(x_best + step, x - e), x + e), clip_min, clip_max)
+
+
+def _l2_candidate(x, x_best, eps, window, window2, pattern, signs, clip_min, clip_max):
+  """The L2 proposal: window 1 gets its old content (normalised) plus pattern*sign per channel,
+  rescaled to hold the mass of both windows plus an equal share per channel of any unused budget;
+  window 2 (outside window 1) is emptied; the whole perturbation is renormalised to eps."""
+  channels = x.shape[-1]
+  e = norms_lib.per_example(eps, x)
+  delta = x_best - x
+  zeros = tf.zeros_like(delta)
+  spatial_norm = lambda v: tf.sqrt(tf.reduce_sum(tf.square(v), axis=[1, 2], keepdims=True))
+  norm_image = norms_lib.per_example(norms_lib.L2Norm.norm(delta), x)
+  norm_w1 = spatial_norm(tf.where(window, delta, zeros))  # [B, 1, 1, C]
+  norm_both = spatial_norm(tf.where(window | window2, delta, zeros))
+  block = pattern * signs + tf.where(window, delta, zeros) / (norm_w1 + 1e-12)
+  target = tf.sqrt(tf.maximum(tf.square(e) - tf.square(norm_image), 0) / channels
+                   + tf.square(norm_both))
+  block = block / (spatial_norm(block) + 1e-12) * target
+  delta = tf.where(window, block, tf.where(window2, zeros, delta))
+  return tf.clip_by_value(x + _to_radius(delta, eps), clip_min, clip_max)
+
+
+def _draw_window(bits, row_slot, col_slot, side, height, width, reference_offsets):
+  """Top-left corner of a side x side window: uniform on {0..H-s} x {0..W-s}, or on the
+  reference's {0..H-s-1} x {0..W-s-1} (0 when s = H) with reference_offsets."""
+  extra = 0 if reference_offsets else 1
+  return (_offset(bits[:, row_slot], height - side + extra),
+          _offset(bits[:, col_slot], width - side + extra))
+
+
+def square(predict, x, y, eps, *, norm='Linf', n_queries=5000, p_init=0.8, seed=0,
+           clip_min=0.0, clip_max=1.0, reference_offsets=False):
+  """Untargeted Square Attack on NHWC images; returns (x_adv, success, queries).
+
+  Args:
+    predict: images -> logits. Only forward passes are used (works on non-differentiable models).
+    x: images [B, H, W, C] in [clip_min, clip_max], static H, W, C. y: integer labels [B].
+    eps: radius, scalar or per example [B]; eps 0 leaves the example alone.
+    norm: 'Linf' or 'L2'. n_queries: iterations of random search (AutoAttack: 5000).
+    p_init: initial fraction of pixels per window (AutoAttack: 0.8 for both norms).
+    seed: int, [2] stateless seed or per-example seeds [B, 2].
+    reference_offsets: draw window corners from the reference's {0, ..., H-s-1} (see the module
+      docstring) instead of the full range.
+  Returns:
+    x_adv [B, H, W, C]: the best point where the attack succeeded, x elsewhere (as the reference).
+    success bool [B]: argmax predict(x_adv) != y (True for examples misclassified at x).
+    queries int32 [B]: forward passes charged to each example by the reference's count: the
+      initial point counts 1, then 1 per iteration while the example is still correctly
+      classified (margin > 0); at most n_queries + 1; 0 for examples not attacked.
+  Each iteration proposes one candidate per still-active example and accepts it only if its margin
+  is strictly lower than the best so far (or <= 0), as the reference. An example whose margin is
+  <= 0 is done and never changes again; the loop stops once every example is done.
+  Cost per call on the batch: 3 + (iterations run, <= n_queries) forward passes (clean check,
+  initial point, one per iteration, final check), no gradients.
+  """
+  geometry = norms_lib.get_norm(norm)
+  check_attack_inputs(x, y, eps, clip_min, clip_max)
+  x_shape = tf.TensorShape(np.shape(x) if not tf.is_tensor(x) else x.shape)
+  if x_shape.rank != 4 or None in x_shape[1:]:
+    raise ValueError(f'Square needs NHWC images [B, H, W, C] with static H, W, C; got shape '
+                     f'{x_shape}. Reshape flat inputs to images first.')
+  if int(n_queries) != n_queries or n_queries < 0:
+    raise ValueError(f'n_queries must be an integer >= 0; got {n_queries}.')
+  if not 0 < p_init <= 1:
+    raise ValueError(f'p_init must be in (0, 1]; got {p_init}.')
+  n_queries = int(n_queries)
+  x = tf.convert_to_tensor(x)
+  _, height, width, channels = x.shape
+  y = tf.cast(y, tf.int32)
+  batch_size = tf.shape(x)[0]
+  eps = per_example_vector(eps, batch_size, x.dtype)
+  keys = _example_keys(_seeds_for_batch(seed, batch_size))
+  is_l2 = geometry.name == 'L2'
+
+  def margin(images):  # the reference's margin loss: z_y - max_{j != y} z_j, in float32
+    return -losses_lib.logit_margin(predict(images), y)
+
+  clean_correct = tf.argmax(predict(x), -1, output_type=tf.int32) == y
+  attacked = clean_correct & (eps > 0)
+  init = (_l2_init if is_l2 else _linf_init)(x, eps, keys, clip_min, clip_max)
+  x_best = tf.where(norms_lib.per_example(attacked, x) > 0, init, x)
+  m_best = margin(x_best)
+  active = attacked & (m_best > 0)
+  queries = tf.cast(attacked, tf.int32)
+
+  regimes = len(P_BOUNDARIES) + 1
+  side_list = [side_length(p_init / 2**k, height, width, norm, channels) for k in range(regimes)]
+  sides = tf.constant(side_list, tf.int32)
+  boundaries = tf.constant(P_BOUNDARIES, tf.int32)
+  size = min(height, width)
+  patterns = np.zeros((regimes, size, size))
+  for k, s in enumerate(side_list):
+    patterns[k, :s, :s] = eta_pattern(s)
+  patterns = tf.constant(patterns, x.dtype)
+
+  def candidate(i, x_best):
+    regime = tf.reduce_sum(tf.cast(i > boundaries, tf.int32))
+    side = tf.gather(sides, regime)
+    bits = _random_bits(keys, i + 1, _SIGNS + channels)
+    signs = tf.reshape(_signs(bits[:, _SIGNS:], x.dtype), [-1, 1, 1, channels])
+    row, col = _draw_window(bits, _ROW1, _COL1, side, height, width, reference_offsets)
+    window = _window(row, col, side, height, width)
+    if not is_l2:
+      return _linf_candidate(x, x_best, eps, window, signs, clip_min, clip_max)
+    row2, col2 = _draw_window(bits, _ROW2, _COL2, side, height, width, reference_offsets)
+    window2 = _window(row2, col2, side, height, width)
+    coin = tf.bitwise.bitwise_and(bits[:, _COIN], tf.constant(1, tf.uint32)) > 0
+    pattern = _placed_pattern(patterns, regime, row, col, coin, window, height, width)
+    return _l2_candidate(x, x_best, eps, window, window2, pattern, signs, clip_min, clip_max)
+
+  def body(i, x_best, m_best, active, queries):
+    x_new = candidate(i, x_best)
+    m_new = margin(x_new)
+    accept = active & ((m_new < m_best) | (m_new <= 0))
+    x_best = tf.where(norms_lib.per_example(accept, x) > 0, x_new, x_best)
+    m_best = tf.where(accept, m_new, m_best)
+    queries += tf.cast(active, tf.int32)
+    return i + 1, x_best, m_best, active & (m_best > 0), queries
+
+  _, x_best, _, _, queries = tf.while_loop(
+      lambda i, _x, _m, active, _q: (i < n_queries) & tf.reduce_any(active), body,
+      (tf.constant(0), x_best, m_best, active, queries), maximum_iterations=n_queries)
+
+  success = tf.argmax(predict(x_best), -1, output_type=tf.int32) != y
+  x_adv = tf.where(norms_lib.per_example(success, x) > 0, x_best, x)
+  return x_adv, success, queries

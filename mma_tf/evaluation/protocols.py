@@ -1,0 +1,118 @@
+"""Evaluation protocols: which attacks run, with which budgets, at which radii.
+
+- 'autoattack': AutoAttack's standard version (Croce & Hein 2020): APGD-CE, APGD-T (9 targets),
+  FAB-T (9 targets), Square (5000 queries), each on the points the earlier ones left robust.
+- 'paper': the MMA paper's whitebox protocol (docs/paper_notes.md 5.2): per eps, 10 PGD runs of
+  100 iterations from random starts, half cross-entropy and half CW, step eps/40 for MNIST Linf and
+  eps/4 otherwise; optional transfer attacks from a source model.
+- 'all': both, from the same clean points; the report gives each and their worst case.
+"""
+import dataclasses
+import math
+
+from mma_tf.attacks.registry import get_attack
+
+AUTOATTACK = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
+PAPER = ('pgd',)
+PROTOCOLS = ('autoattack', 'paper', 'all')
+MARGIN_ESTIMATES = ('anpgd', 'pgd_bisection', 'fab')
+
+# The paper's eps lists (docs/paper_notes.md 5.3); the embedded digits use MNIST's.
+DEFAULT_EPS = {
+    ('mnist', 'Linf'): [0.1, 0.2, 0.3, 0.4],
+    ('mnist', 'L2'): [1.0, 2.0, 3.0, 4.0],
+    ('cifar10', 'Linf'): [round(e / 255, 4) for e in (4, 8, 12, 16, 20, 24, 28, 32)],
+    ('cifar10', 'L2'): [0.5, 1.0, 1.5, 2.0, 2.5],
+}
+
+
+def default_eps(dataset, norm):
+  key = ('mnist' if dataset.startswith('mnist') else dataset, norm)
+  if key not in DEFAULT_EPS:
+    raise ValueError(f'No default radii for {dataset} {norm}; give --eps.')
+  return DEFAULT_EPS[key]
+
+
+def default_rel_step(dataset, norm):
+  """Paper-protocol PGD step as a fraction of eps: 1/40 for MNIST Linf, 1/4 otherwise."""
+  return 1 / 40 if dataset.startswith('mnist') and norm == 'Linf' else 1 / 4
+
+
+@dataclasses.dataclass
+class EvalConfig:
+  norm: str = 'Linf'
+  eps: tuple = (0.1, 0.2, 0.3, 0.4)
+  protocol: str = 'autoattack'
+  attacks: tuple = None          # a chosen subset, run in this order (overrides the protocol)
+  # The paper protocol.
+  nb_iter: int = 100
+  nb_restart: int = 10           # half CE, half CW (an odd count gives CE the extra run)
+  rel_step: float = 1 / 40
+  # AutoAttack budgets (the standard version's values; smaller ones are for quick looks only).
+  apgd_nb_iter: int = 100
+  fab_nb_iter: int = 100
+  n_target_classes: int = 9
+  square_queries: int = 5000
+  # Margins and the rest.
+  margin_estimates: tuple = ('anpgd', 'pgd_bisection', 'fab')
+  margin_maxeps: float = None    # default: 1.5 x the largest eps
+  margin_nb_iter: int = 40
+  search_steps: int = 10
+  batch_size: int = 100
+  seed: int = 0
+  jit_compile: bool = False
+
+  def validate(self, image_shape):
+    if self.norm not in ('Linf', 'L2'):
+      raise ValueError(f"Unknown norm {self.norm!r}; choose 'Linf' or 'L2'.")
+    if self.protocol not in PROTOCOLS:
+      raise ValueError(f'Unknown protocol {self.protocol!r}; choose from {", ".join(PROTOCOLS)}.')
+    if not self.eps:
+      raise ValueError('Give at least one eps.')
+    limit = 1.0 if self.norm == 'Linf' else math.sqrt(math.prod(image_shape))
+    for e in self.eps:
+      if not 0 < e <= limit:
+        raise ValueError(f'eps {e:g} is outside (0, {limit:.4g}], the possible range for '
+                         f'{self.norm} on {tuple(image_shape)} images in [0, 1]. Radii are '
+                         'fractions of the [0, 1] range (write 8/255, not 8).')
+    for name in ('nb_iter', 'nb_restart', 'batch_size', 'margin_nb_iter', 'search_steps',
+                 'apgd_nb_iter', 'fab_nb_iter', 'n_target_classes', 'square_queries'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'{name} must be >= 1; got {getattr(self, name)}.')
+    if not self.rel_step > 0:
+      raise ValueError(f'The step fraction must be > 0; got {self.rel_step}.')
+    for m in self.margin_estimates:
+      if m not in MARGIN_ESTIMATES:
+        raise ValueError(f'Unknown margin estimate {m!r}; choose from '
+                         f'{", ".join(MARGIN_ESTIMATES)}.')
+    self.protocol_attacks()  # unknown attack names fail here, before anything runs
+
+  @property
+  def maxeps(self):
+    return self.margin_maxeps or 1.5 * max(self.eps)
+
+  def attack_params(self, name):
+    """This config's hyperparameters for the attack called `name` (others keep defaults)."""
+    return {
+        'pgd': dict(nb_iter=self.nb_iter, nb_restart=self.nb_restart, rel_step=self.rel_step),
+        'apgd-ce': dict(nb_iter=self.apgd_nb_iter),
+        'apgd-dlr': dict(nb_iter=self.apgd_nb_iter),
+        'apgd-t': dict(nb_iter=self.apgd_nb_iter, n_target_classes=self.n_target_classes),
+        'fab-t': dict(nb_iter=self.fab_nb_iter, n_target_classes=self.n_target_classes),
+        'square': dict(n_queries=self.square_queries),
+    }.get(name, {})
+
+  def protocol_attacks(self):
+    """{protocol name: [Attack, ...]} in the order they run."""
+    if self.attacks:
+      names = {'custom': tuple(self.attacks)}
+    elif self.protocol == 'all':
+      names = {'autoattack': AUTOATTACK, 'paper': PAPER}
+    else:
+      names = {self.protocol: AUTOATTACK if self.protocol == 'autoattack' else PAPER}
+    return {p: [get_attack(a, self.norm, **self.attack_params(a)) for a in attack_names]
+            for p, attack_names in names.items()}
+
+  def is_standard_autoattack(self):
+    return (self.apgd_nb_iter, self.fab_nb_iter, self.n_target_classes,
+            self.square_queries) == (100, 100, 9, 5000)

@@ -1,0 +1,144 @@
+"""Runs compiled per-batch functions over any subset of an evaluation set, and attacks in order.
+
+`Runner.map` takes the positions to process, cuts them into chunks of at most `batch_size`, pads
+each chunk to one of a few bucket sizes (so compaction never retraces), splits the padded batch
+across the strategy's replicas and gathers the results. Per-example seeds are keyed by dataset
+index, so the answer does not depend on the batch size, the chunking or the number of devices.
+
+`run_attacks` is AutoAttack's driver: every attack (and every stage of it: restart, target class)
+runs only on the points still robust, from the clean images, and a point is robust only if every
+attack failed: the pointwise worst case.
+"""
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from mma_tf import norms
+from mma_tf.evaluation.common import bucket_size, pad_positions, stream_example_seeds
+
+
+class Runner:
+  """Compiled evaluation functions over padded, replica-split batches of a host dataset."""
+
+  def __init__(self, batch_size, strategy=None, jit_compile=False):
+    self.strategy = strategy or tf.distribute.get_strategy()
+    self.replicas = self.strategy.num_replicas_in_sync
+    if batch_size < 1 or batch_size % self.replicas:
+      raise ValueError(f'The batch size ({batch_size}) must be a positive multiple of the number '
+                       f'of replicas ({self.replicas}).')
+    self.batch_size = batch_size
+    self.jit_compile = jit_compile
+    self._compiled = {}
+
+  def _compile(self, key, fn):
+    if key not in self._compiled:
+      def replica_fn(*args):
+        # All-gather has no bool kernel: masks travel as int32 (the host reads them as bool).
+        return tuple(tf.cast(v, tf.int32) if v.dtype == tf.bool else v for v in fn(*args))
+
+      strategy = self.strategy
+      jit_compile = self.jit_compile
+
+      def on_replica(*args):
+        # XLA compiles what runs on one replica (one device), never around strategy.run; a new
+        # tf.function per replica, since one shared trace would capture one device's variables.
+        if jit_compile:
+          return tf.function(replica_fn, jit_compile=True)(*args)
+        return replica_fn(*args)
+
+      @tf.function
+      def step(args):
+        out = strategy.run(on_replica, args=args)
+        return tf.nest.map_structure(lambda v: strategy.gather(v, axis=0), out)
+
+      self._compiled[key] = step
+    return self._compiled[key]
+
+  def _distribute(self, arrays):
+    if self.replicas == 1:
+      return tuple(tf.constant(a) for a in arrays)
+    per_replica = len(arrays[0]) // self.replicas
+
+    def value_fn(ctx):
+      lo = ctx.replica_id_in_sync_group * per_replica
+      return tuple(tf.constant(a[lo:lo + per_replica]) for a in arrays)
+
+    return self.strategy.experimental_distribute_values_from_function(value_fn)
+
+  def map(self, key, fn, arrays, positions):
+    """fn(*batch) -> tuple of [B, ...] tensors, run on arrays[k][positions]; returns NumPy outputs
+    for `positions` in order. `key` names fn in the trace cache (one trace per bucket size)."""
+    step = self._compile(key, fn)
+    positions = np.asarray(positions)
+    outputs = None
+    for lo in range(0, len(positions), self.batch_size):
+      chunk = positions[lo:lo + self.batch_size]
+      size = bucket_size(len(chunk), self.batch_size, self.replicas)
+      pad, _ = pad_positions(len(chunk), size)
+      out = step(self._distribute([a[chunk[pad]] for a in arrays]))
+      out = [np.asarray(o)[:len(chunk)] for o in out]
+      outputs = [[] for _ in out] if outputs is None else outputs
+      for acc, o in zip(outputs, out):
+        acc.append(o)
+    if outputs is None:
+      return None
+    return [np.concatenate(o) for o in outputs]
+
+
+def _perturbation_norms(norm, x_adv, x):
+  return norms.get_norm(norm).norm(tf.constant(x_adv - x)).numpy()
+
+
+def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robust, seed,
+                num_classes, progress=None):
+  """Runs `attacks` in order at radius eps on the points marked in `start_robust`.
+
+  Returns a dict: robust [N] (the worst case), broken_by [N] (index of the first attack that broke
+  the point, -1 if none), adv_norm [N] (norm of the successful perturbation, nan if none),
+  acc_after [per attack] (cumulative robust accuracy over all N), seconds [per attack].
+  An attack that returns a point outside the eps ball or [0, 1] is a bug: it raises.
+  """
+  n = len(labels)
+  robust = start_robust.copy()
+  broken_by = np.full(n, -1, np.int32)
+  adv_norm = np.full(n, np.nan, np.float32)
+  eps_vec = np.full(n, eps, np.float32)
+  acc_after, seconds = [], []
+  for a_i, attack in enumerate(attacks):
+    start = time.perf_counter()
+    for stage in range(attack.num_stages(num_classes)):
+      todo = np.nonzero(robust)[0]
+      if not todo.size:
+        break
+      stage_vec = np.full(n, stage, np.int32)
+
+      def fn(x, y, idx, e, stage_arg, attack=attack, stage=stage):
+        # Attacks that take the stage as a tensor trace once for all stages (target ranks).
+        s = stage_arg[0] if attack.stage_is_tensor else stage
+        seeds = stream_example_seeds(seed, attack.stream, idx, s)
+        return attack.run_stage(predict, x, y, e, seeds, s)
+
+      key = (id(attack), None if attack.stage_is_tensor else stage)
+      x_adv, success = runner.map(key, fn, [images, labels, index, eps_vec, stage_vec], todo)
+      success = success.astype(bool)
+      hit = todo[success]
+      if hit.size:
+        d = _perturbation_norms(attack.norm, x_adv[success], images[hit])
+        outside = (d > eps * (1 + 1e-5) + 1e-6) | (x_adv[success].min(
+            axis=tuple(range(1, x_adv.ndim))) < 0) | (x_adv[success].max(
+                axis=tuple(range(1, x_adv.ndim))) > 1)
+        if outside.any():
+          raise RuntimeError(f'{attack.name} returned {int(outside.sum())} point(s) outside the '
+                             f'{attack.norm} ball of radius {eps:g} or [0, 1] (largest norm '
+                             f'{d.max():.6g}): a bug in the attack.')
+        robust[hit] = False
+        broken_by[hit] = a_i
+        adv_norm[hit] = d
+    seconds.append(time.perf_counter() - start)
+    acc_after.append(float(robust.mean()))
+    if progress:
+      progress(f'eps {eps:g} {attack.name}: robust accuracy {acc_after[-1]:.4f} '
+               f'({seconds[-1]:.1f} s)')
+  return {'robust': robust, 'broken_by': broken_by, 'adv_norm': adv_norm,
+          'acc_after': acc_after, 'seconds': seconds}
