@@ -166,7 +166,11 @@ def _fab_run(predict, x, y, target, active, geometry, nb_iter, alpha_max, eta, b
     return (i < int(nb_iter)) & tf.reduce_any(active)
 
   best_norm = tf.fill([batch], tf.constant(np.inf, dtype))
+  # A batch of one loses its static size in the projection's gathers: let the batch dim vary.
+  invariants = (tf.TensorShape([]), x.shape, tf.TensorShape([None]),
+                tf.TensorShape([None, x_flat.shape[1]]))
   _, _, best_norm, best_x = tf.while_loop(cond, body, (tf.constant(0), x, best_norm, x_flat),
+                                          shape_invariants=invariants,
                                           maximum_iterations=int(nb_iter))
   return best_norm, tf.reshape(best_x, tf.shape(x))
 
