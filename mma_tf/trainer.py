@@ -122,7 +122,8 @@ def make_strategy(name):
   raise ValueError(f"Unknown strategy {name!r}; choose 'default', 'mirrored' or 'multi_worker'.")
 
 
-def _is_chief(strategy):
+def is_chief(strategy):
+  """True on the worker that writes checkpoints, summaries and exports (or with one worker)."""
   resolver = getattr(strategy, 'cluster_resolver', None)
   if resolver is None or not resolver.cluster_spec().as_dict():
     return True
@@ -145,7 +146,7 @@ class Trainer:
     self.strategy = strategy or tf.distribute.get_strategy()
     self.log = log
     config.validate(self.strategy.num_replicas_in_sync)
-    self.is_chief = _is_chief(self.strategy)
+    self.is_chief = is_chief(self.strategy)
     if config.deterministic and not _op_determinism_enabled():
       raise ValueError('config.deterministic is set but TF op determinism is off in this process; '
                        'call mma_tf.trainer.configure_process(config) first (the CLI does).')

@@ -9,7 +9,7 @@ import os
 import re
 import sys
 
-from absl import flags
+from absl import app, flags
 
 # A decimal number ('8', '8.', '.5', '1e-3'; no 'nan' or 'inf'), and 'a/b' of two of them.
 _NUMBER = r'[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?'
@@ -121,3 +121,10 @@ def optional_import(module, extra, purpose):
   except ImportError as e:
     raise ImportError(f'{purpose} needs the optional package {module!r}: pip install '
                       f'"mma_tf[{extra}]" (or pip install {module}).') from e
+
+
+def run_main(main, doc):
+  """Console-script entry point: absl's --help shows `doc` (it prints the __main__ module's
+  docstring), and a bad flag is one 'error:' line and exit code 2."""
+  sys.modules['__main__'].__doc__ = doc
+  app.run(main, flags_parser=exit_on_flag_error)

@@ -118,7 +118,7 @@ def main(argv):
   results.update(saved_model=os.path.abspath(F.saved_model), dataset=F.dataset, split=F.split,
                  source_saved_model=F.source_saved_model)
   title = f'{F.saved_model} ({F.dataset} {F.split})'
-  if trainer._is_chief(strategy):
+  if trainer.is_chief(strategy):
     evaluation.write_report(results, per_example, out_dir, title=title)
   print(evaluation.markdown_table(results, title))
   print(f'{results["timing"]["seconds"]:.0f} s. Report: {out_dir}')
@@ -127,8 +127,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  sys.modules['__main__'].__doc__ = __doc__  # absl's --help shows the main module's docstring
-  app.run(main, flags_parser=common.exit_on_flag_error)
+  common.run_main(main, __doc__)
 
 
 if __name__ == '__main__':

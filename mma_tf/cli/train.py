@@ -135,8 +135,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  sys.modules['__main__'].__doc__ = __doc__  # absl's --help shows the main module's docstring
-  app.run(main, flags_parser=common.exit_on_flag_error)
+  common.run_main(main, __doc__)
 
 
 if __name__ == '__main__':
