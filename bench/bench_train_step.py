@@ -47,12 +47,12 @@ def main(_):
     trainer = trainer_lib.Trainer(config, tempfile.mkdtemp(), data=data, log=lambda m: None)
     dataset = data_lib.train_dataset(data, config.batch_size, config.seed, 0)
     iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
-    trainer._train_step(iterator)  # trace
+    trainer.task.train_step(iterator)  # trace
     # The step's outputs are fetched, as the loop does (loss check, progress).
     results[objective] = median_call(
-        lambda: float(trainer._train_step(iterator)['total_loss']), FLAGS.steps)
+        lambda: float(trainer.task.train_step(iterator)['total_loss']), FLAGS.steps)
     print(f'{objective:>9} step: {results[objective] * 1000:8.1f} ms', flush=True)
-  model, c = trainer.model, config
+  model, c = trainer.task.model, config
   x = tf.random.uniform([c.batch_size, 28, 28, 1])
   y = tf.random.uniform([c.batch_size], 0, 10, tf.int32)
   fb_input = tf.function(lambda x, y: input_gradient(lambda v: model(v, training=False),

@@ -1,2 +1,30 @@
-"""mma_tf: Max-Margin Adversarial (MMA) training for TensorFlow / Keras (Ding et al., ICLR 2020)."""
+"""mma_tf: Max-Margin Adversarial (MMA) training for TensorFlow / Keras (Ding et al., ICLR 2020).
+
+The Python API (README, "Your own model and data"):
+  mma_tf.preset(dataset, norm, **overrides)  the paper's settings (configs.resolve)
+  mma_tf.data.from_arrays / from_dataset / from_tfds / from_npz / load   data sources
+  mma_tf.Trainer(config, model_dir, strategy, data=..., model=factory).train()
+  mma_tf.configure_process(config)           op determinism and global seeds (optional)
+Names are imported on first use, so `import mma_tf` does not start TensorFlow.
+"""
+import importlib
+
 __version__ = '0.1.0'
+
+_LAZY = {'Trainer': ('mma_tf.trainer', 'Trainer'),
+         'configure_process': ('mma_tf.trainer', 'configure_process'),
+         'make_strategy': ('mma_tf.trainer', 'make_strategy'),
+         'preset': ('mma_tf.configs', 'resolve'),
+         'TrainConfig': ('mma_tf.configs', 'TrainConfig'),
+         'Objective': ('mma_tf.objectives', 'Objective'),
+         'ObjectiveOutput': ('mma_tf.objectives', 'ObjectiveOutput'),
+         'register_objective': ('mma_tf.objectives', 'register')}
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    module, attr = _LAZY[name]
+    return getattr(importlib.import_module(module), attr)
+  if name in ('data', 'attacks', 'evaluation', 'export', 'models', 'objectives', 'configs'):
+    return importlib.import_module(f'mma_tf.{name}')
+  raise AttributeError(f'module mma_tf has no attribute {name!r}')

@@ -13,13 +13,29 @@ import dataclasses
 import json
 from typing import Optional, Tuple
 
-OBJECTIVES = ('mma', 'omma', 'pgd_at', 'standard')
+OBJECTIVES = ('mma', 'omma', 'pgd_at', 'trades', 'standard')  # built in (mma_tf.objectives)
 MMA_OBJECTIVES = ('mma', 'omma')
+FIXED_RADIUS_OBJECTIVES = ('pgd_at', 'trades')  # train at --pgd_eps
 
 # The registered models (mma_tf.models.MODELS, checked by a test) and whether they hold
 # BatchNorm; listed here so that flags can be checked without importing Keras.
 MODELS = {'small_cnn': False, 'lenet5_madry': False, 'wrn10_1': True, 'wrn28_4': True,
           'wrn28_10': True}
+
+
+def model_source_kind(model):
+  """'builtin', 'factory' (package.module:function) or 'keras_file' (path.keras); ValueError
+  otherwise. Your own models may hold BatchNorm: flags about it are accepted for them."""
+  if model in MODELS:
+    return 'builtin'
+  if model.endswith('.keras'):
+    return 'keras_file'
+  module, sep, attr = model.partition(':')
+  if sep and module and attr and all(p.isidentifier() for p in module.split('.') + attr.split('.')):
+    return 'factory'
+  raise ValueError(f'Unknown model {model!r}; choose one of {sorted(MODELS)}, '
+                   'package.module:factory (a function (input_shape, num_classes) -> keras.Model) '
+                   'or the path of a .keras file.')
 
 # Fields that may change when a run resumes: they change the loop's length, cadence or speed,
 # not what is trained.
@@ -42,7 +58,8 @@ class TrainConfig:
   search_bn_mode: str = 'train'       # BN mode of the bisection forwards ('train' = released)
   sync_batchnorm: bool = False        # BN statistics over the global batch (models with BN only)
   released_quirks: bool = True        # AN-PGD: last midpoint, unclipped (docs/paper_notes.md 2.4)
-  pgd_eps: float = 0.3                # PGD-AT training radius
+  pgd_eps: float = 0.3                # PGD-AT and TRADES training radius
+  trades_beta: float = 6.0            # TRADES: weight of the KL term (Zhang et al.: 6, MNIST 1-6)
   # Validation monitor (docs/paper_notes.md 2.5).
   test_eps: float = 0.3
   test_eps_iter: float = 0.01
@@ -57,6 +74,9 @@ class TrainConfig:
   train_steps: int = dataclasses.field(default=100_000, metadata=_RESUMABLE)
   eval_batch_size: int = dataclasses.field(default=100, metadata=_RESUMABLE)
   seed: int = 0
+  # Data and model contract.
+  num_validation: Optional[int] = None  # None: the dataset's (data.default_num_validation)
+  input_range: Tuple[float, float] = (0.0, 1.0)  # the range the model expects; data is [0, 1]
   # Loop.
   checkpoint_every: int = dataclasses.field(default=500, metadata=_RESUMABLE)
   log_every: int = dataclasses.field(default=50, metadata=_RESUMABLE)
@@ -69,13 +89,22 @@ class TrainConfig:
     margin search uses it for every objective, so d_max matters for pgd_at / standard too."""
     return 1.05 * self.hinge_maxeps
 
-  def validate(self, num_replicas=1):
+  def validate(self, num_replicas=1, objectives=OBJECTIVES):
+    """ValueError naming the flag to change; `objectives`: the names that exist (the trainer
+    adds objectives registered or passed in Python)."""
     def need(ok, message):
       if not ok:
         raise ValueError(message)
     need(self.norm in ('Linf', 'L2'), f"Unknown norm {self.norm!r}; choose 'Linf' or 'L2'.")
-    need(self.objective in OBJECTIVES,
-         f'Unknown objective {self.objective!r}; choose one of {OBJECTIVES}.')
+    need(self.objective in objectives,
+         f'Unknown objective {self.objective!r}; choose one of {tuple(objectives)}.')
+    model_source_kind(self.model)
+    need(self.trades_beta >= 0, f'--trades_beta must be >= 0; got {self.trades_beta}.')
+    need(self.num_validation is None or self.num_validation >= 1,
+         f'--num_validation must be >= 1 (validation picks the best checkpoint); got '
+         f'{self.num_validation}.')
+    need(len(self.input_range) == 2 and self.input_range[0] < self.input_range[1],
+         f'--input_range must be two numbers lo,hi with lo < hi; got {self.input_range}.')
     for name in ('hinge_maxeps', 'attack_mineps', 'pgd_eps', 'test_eps', 'test_eps_iter',
                  'learning_rate', 'eps_iter_scale'):
       need(getattr(self, name) > 0, f'--{name} must be > 0; got {getattr(self, name)}.')
@@ -94,9 +123,12 @@ class TrainConfig:
          '(or leave the coefficient unset).')
     need(self.search_bn_mode in ('train', 'eval'),
          f"--search_bn_mode must be 'train' or 'eval'; got {self.search_bn_mode!r}.")
-    need(not self.sync_batchnorm or MODELS.get(self.model, True),
+    need(not self.sync_batchnorm or MODELS.get(self.model) is not False,
          f'--sync_batchnorm has no effect on --model={self.model}, which has no BatchNorm; '
          'drop the flag or use a WideResNet model.')
+    need(not self.sync_batchnorm or self.model in MODELS,
+         '--sync_batchnorm rebuilds the built-in models; in your own model use '
+         'keras.layers.BatchNormalization(synchronized=True).')
     need(self.optimizer in ('adam', 'sgd'),
          f"--optimizer must be 'adam' or 'sgd'; got {self.optimizer!r}.")
     need(len(self.lr_values) in (0, len(self.lr_boundaries) + 1),
@@ -156,6 +188,26 @@ PRESETS = {
 }
 
 
+# Data without a paper preset (tfds:NAME, npz:PATH, your own source): CIFAR-10's radii, the
+# usual threat model for natural images, with Adam and no schedule. Set --hinge_maxeps (d_max)
+# and --test_eps for your data; MNIST-like digits want the mnist presets' radii instead.
+CUSTOM_PRESETS = {
+    'Linf': dict(model='small_cnn', optimizer='adam', learning_rate=1e-3, batch_size=128,
+                 train_steps=10_000, nb_iter=10, attack_mineps=0.005, hinge_maxeps=32 / 255,
+                 pgd_eps=8 / 255, test_eps=8 / 255, test_eps_iter=2 / 255),
+    'L2': dict(model='small_cnn', optimizer='adam', learning_rate=1e-3, batch_size=128,
+               train_steps=10_000, nb_iter=10, attack_mineps=0.5, hinge_maxeps=1.0, pgd_eps=1.0,
+               test_eps=1.0, test_eps_iter=0.25),
+}
+
+
+def preset_fields(dataset, norm):
+  """The paper's preset for (dataset, norm); CUSTOM_PRESETS[norm] for other data."""
+  if norm not in ('Linf', 'L2'):
+    raise ValueError(f"Unknown norm {norm!r}; choose 'Linf' or 'L2'.")
+  return dict(PRESETS.get((dataset, norm), CUSTOM_PRESETS[norm]))
+
+
 # Fields whose effect depends on the configuration: (field, does it act in config c, why not).
 # Every other field acts in every configuration: nb_iter, num_search_steps, released_quirks,
 # test_eps, test_eps_iter and hinge_maxeps (through the validation margin search, whose range is
@@ -171,9 +223,12 @@ _EFFECT_RULES = (
      lambda c: (f'--objective={c.objective} runs no AN-PGD search; drop it'
                 if c.objective not in MMA_OBJECTIVES else
                 f'--model={c.model} has no BatchNorm, so both modes compute the same; drop it')),
-    ('pgd_eps', lambda c: c.objective == 'pgd_at',
-     lambda c: f'it is the PGD-AT training radius, and --objective={c.objective} is not pgd_at '
-               '(the validation radius is --test_eps); drop it'),
+    ('pgd_eps', lambda c: c.objective in FIXED_RADIUS_OBJECTIVES,
+     lambda c: f'it is the PGD-AT / TRADES training radius, and --objective={c.objective} is '
+               'neither (the validation radius is --test_eps); drop it'),
+    ('trades_beta', lambda c: c.objective == 'trades',
+     lambda c: f'it weighs the TRADES KL term, and --objective={c.objective} is not trades; '
+               'drop it'),
     ('eps_iter_scale', lambda c: c.objective != 'standard',
      lambda c: 'it scales the training attack\'s step, and --objective=standard has no training '
                'attack (the validation step is --test_eps_iter); drop it'),
@@ -233,11 +288,7 @@ def resolve(dataset='mnist_5k', norm='Linf', overrides: Optional[dict] = None):
   An override that would do nothing in the resulting configuration (say `momentum` with Adam, or
   `learning_rate` under a preset schedule) is a ValueError saying why.
   """
-  if (dataset, norm) not in PRESETS:
-    known = sorted({d for d, _ in PRESETS})
-    raise ValueError(f'No preset for dataset {dataset!r} with norm {norm!r}; datasets: {known}, '
-                     "norms: 'Linf', 'L2'.")
-  fields = dict(PRESETS[(dataset, norm)], dataset=dataset, norm=norm)
+  fields = dict(preset_fields(dataset, norm), dataset=dataset, norm=norm)
   overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
   unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
   if unknown:
@@ -245,8 +296,9 @@ def resolve(dataset='mnist_5k', norm='Linf', overrides: Optional[dict] = None):
   fields.update(overrides)
   if fields.get('objective') == 'omma' and 'clean_loss_coeff' not in overrides:
     fields['clean_loss_coeff'] = 0.0
-  for name in ('lr_boundaries', 'lr_values'):
-    fields[name] = tuple(fields.get(name, ()))
+  for name in ('lr_boundaries', 'lr_values', 'input_range'):
+    if name in fields:
+      fields[name] = tuple(fields[name])
   config = TrainConfig(**fields)
   check_overrides_take_effect(config, set(overrides))
   return config

@@ -1,19 +1,30 @@
-"""Input pipelines: TFDS MNIST / CIFAR-10 and the embedded 5k MNIST digits, through one code path.
+"""Input pipelines: one `Source` interface over in-memory arrays and streamed `tf.data` datasets.
 
 Protocol (docs/paper_notes.md 3.3): validation = the first `num_validation` images of the
-training set, train = the rest, test = the official test split. Every example carries `index`, its
-position in the training set, which keys the per-example eps memory. Images are float32 in [0, 1].
+training set, train = the rest, test = the test split. Every training example carries `index`,
+its position in the training set, which keys the per-example eps memory; the index is attached
+before any shuffling or augmentation and an index outside the table is an error (on a GPU,
+tf.gather would silently read 0). Images leave a source as float32 in [0, 1].
 
-Each source only yields uint8 arrays; batching, sharding across input pipelines, augmentation and
-resumable epoch order are shared. Training order is a permutation drawn from (seed, epoch), so a
-run resumed at any step sees exactly the batches an uninterrupted run would.
+Sources:
+  - `ArraySource` (`from_arrays`, `from_npz`, the embedded digits, the paper's TFDS MNIST /
+    CIFAR-10): the epoch's order is a permutation drawn from (seed, epoch), so a run resumed at
+    any step sees exactly the batches of an uninterrupted one.
+  - `StreamSource` (`from_dataset`, `from_tfds`, `--dataset=tfds:NAME`): reads a finite dataset
+    in its own fixed order, numbers it with `enumerate()`, shuffles each epoch with a buffer
+    seeded from (seed, epoch) and resumes by skipping; nothing but the shuffle buffer and the
+    validation images is held in memory.
+Both hand their epoch to one shared tail: pixel scaling and range checks, augmentation with a
+stateless seed per (seed, epoch, index), global batches, and each input pipeline's slice of them.
 
 TensorFlow is imported inside the functions that build pipelines, not at module load: the CLIs
 read `DATASETS` while checking flags, before TF starts (and before its log level is set).
 """
 import dataclasses
 import gzip
+import hashlib
 import importlib.resources
+import os
 
 import numpy as np
 
@@ -24,6 +35,7 @@ class DataUnavailableError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
+  """A built-in dataset: the paper's protocol for it."""
   name: str
   image_shape: tuple
   num_classes: int
@@ -41,36 +53,335 @@ DATASETS = {
 EMBEDDED_TEST_SIZE = 1000  # the last 1,000 of the 5,000 embedded digits are the test split
 
 
-@dataclasses.dataclass
-class Data:
-  spec: DatasetSpec
-  train_images: np.ndarray   # uint8 [N, H, W, C]: the whole training set, validation first
-  train_labels: np.ndarray   # int32 [N]
-  test_images: np.ndarray
-  test_labels: np.ndarray
+def default_num_validation(num_train_total):
+  """Validation size for data without a paper preset: 10% of the training set, at most the
+  paper's 5,000 (the built-in datasets keep their own: 500 embedded, 5,000 MNIST / CIFAR-10)."""
+  return min(5000, num_train_total // 10)
 
-  @property
-  def num_train_total(self):
-    """Size of the training set (validation included): the eps memory has one slot per image."""
-    return len(self.train_labels)
+
+def describe_dataset_name(name):
+  """'npz:PATH', 'tfds:NAME' or a built-in name; ValueError otherwise (no TF needed)."""
+  kind, _, rest = name.partition(':')
+  if name in DATASETS or (kind in ('npz', 'tfds') and rest):
+    return kind if rest else 'builtin'
+  raise ValueError(f'Unknown dataset {name!r}; choose one of {sorted(DATASETS)}, tfds:NAME (any '
+                   'TFDS image-classification dataset) or npz:PATH (arrays x_train, y_train[, '
+                   'x_test, y_test]).')
+
+
+class Source:
+  """What the trainer and evaluator need from a dataset (see the module docstring).
+
+  Attributes: name, image_shape (H, W, C), num_classes, num_validation, num_train_total (size of
+  the training set with validation, the rows of the eps memory), augment (None or a function
+  (image float32 [H, W, C] in [0, 1], stateless seed [2] int64) -> image).
+  """
+  name = image_shape = num_classes = num_validation = num_train_total = augment = None
+  pixels = 'uint8'  # how images are stored: 'uint8' (0-255) or 'float' (in [0, 1])
+
+  def _check_protocol(self):
+    if not 1 <= self.num_validation < self.num_train_total:
+      raise ValueError(f'{self.name} has {self.num_train_total} training images; num_validation '
+                       f'({self.num_validation}) must be >= 1 (validation picks the best '
+                       'checkpoint) and leave images to train on.')
+    if self.num_classes < 2:
+      raise ValueError(f'{self.name}: a classifier needs >= 2 classes; got {self.num_classes}.')
+
+  def steps_per_epoch(self, global_batch_size):
+    return (self.num_train_total - self.num_validation) // global_batch_size
+
+  def identity(self):
+    """What identifies the data in config.json (a resumed run must see the same)."""
+    return {'name': self.name, 'image_shape': list(self.image_shape),
+            'num_classes': int(self.num_classes), 'num_train_total': int(self.num_train_total),
+            'num_validation': int(self.num_validation), 'pixels': self.pixels,
+            'augment': getattr(self.augment, '__name__', None) if self.augment else None}
+
+  def eval_split(self, split, limit=None):
+    """(images float32 [N, H, W, C] in [0, 1], labels int32, indices int32) of 'validation' or
+    'test' (the first `limit` examples if given)."""
+    raise NotImplementedError
+
+  def epoch_examples(self, seed, epoch, start, count):
+    """The epoch's training examples number start..start+count-1 in its order, as an unbatched
+    dataset of (raw image, label, index)."""
+    raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------ arrays
+class ArraySource(Source):
+  """Training (validation first) and test images held in memory as uint8 0-255 or float [0, 1]."""
+
+  def __init__(self, name, train_images, train_labels, test_images=None, test_labels=None, *,
+               num_classes=None, num_validation=None, augment=None):
+    train_images, test_images = _as_nhwc(train_images, 'train'), _as_nhwc(test_images, 'test')
+    train_labels = _as_labels(train_labels, len(train_images), 'train')
+    test_labels = _as_labels(test_labels, None if test_images is None else len(test_images),
+                             'test')
+    if test_images is not None and test_images.shape[1:] != train_images.shape[1:]:
+      raise ValueError(f'{name}: test images are {test_images.shape[1:]}, training images '
+                       f'{train_images.shape[1:]}.')
+    self.pixels = _pixel_kind(train_images, name)
+    if test_images is not None and _pixel_kind(test_images, name) != self.pixels:
+      raise ValueError(f'{name}: training and test images must be stored alike (both uint8 or '
+                       'both float in [0, 1]).')
+    all_labels = train_labels if test_labels is None else np.concatenate([train_labels,
+                                                                          test_labels])
+    if num_classes is None:
+      num_classes = int(all_labels.max()) + 1
+    _check_label_range(all_labels, num_classes, name)
+    self.name, self.image_shape, self.num_classes = name, tuple(train_images.shape[1:]), num_classes
+    self.train_images, self.train_labels = train_images, train_labels
+    self.test_images, self.test_labels = test_images, test_labels
+    self.num_train_total = len(train_labels)
+    self.num_validation = (default_num_validation(self.num_train_total) if num_validation is None
+                           else int(num_validation))
+    self.augment = augment
+    self._check_protocol()
 
   @property
   def train_indices(self):
-    return np.arange(self.spec.num_validation, self.num_train_total)
+    return np.arange(self.num_validation, self.num_train_total)
 
-  def steps_per_epoch(self, global_batch_size):
-    return len(self.train_indices) // global_batch_size
+  def identity(self):
+    # Labels are cheap to hash and differ between any two real datasets of the same shape.
+    return dict(super().identity(),
+                labels_sha256=hashlib.sha256(self.train_labels.tobytes()).hexdigest()[:16])
 
-  def eval_split(self, split):
-    """(images, labels, indices) of 'validation' or 'test'."""
+  def eval_split(self, split, limit=None):
     if split == 'validation':
-      n = self.spec.num_validation
-      return self.train_images[:n], self.train_labels[:n], np.arange(n)
-    if split == 'test':
-      return self.test_images, self.test_labels, np.arange(len(self.test_labels))
-    raise ValueError(f"Unknown split {split!r}; choose 'validation' or 'test'.")
+      n = self.num_validation if limit is None else min(limit, self.num_validation)
+      images, labels = self.train_images[:n], self.train_labels[:n]
+    elif split == 'test':
+      if self.test_labels is None:
+        raise ValueError(f'{self.name} has no test split; evaluate on the validation split.')
+      images, labels = self.test_images[:limit], self.test_labels[:limit]
+    else:
+      raise ValueError(f"Unknown split {split!r}; choose 'validation' or 'test'.")
+    return _to_unit_np(images), labels, np.arange(len(labels), dtype=np.int32)
+
+  def epoch_examples(self, seed, epoch, start, count):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    order = np.random.default_rng([seed, epoch]).permutation(self.train_indices)
+    order = order[start:start + count].astype(np.int32)
+    images, labels = tf.constant(self.train_images), tf.constant(self.train_labels)
+    return tf.data.Dataset.from_tensor_slices(order).map(
+        lambda i: (tf.gather(images, i), tf.gather(labels, i), i))
 
 
+def from_arrays(x_train, y_train, x_test=None, y_test=None, *, num_classes=None,
+                num_validation=None, augment=None, name='arrays'):
+  """A source over NumPy arrays: images [N, H, W(, C)] as uint8 0-255 or float in [0, 1],
+  integer labels [N]. Validation is the first `num_validation` training images (default
+  `default_num_validation`); `augment(image, seed)` transforms training images only."""
+  return ArraySource(name, x_train, y_train, x_test, y_test, num_classes=num_classes,
+                     num_validation=num_validation, augment=augment)
+
+
+def from_npz(path, num_validation=None, augment=None):
+  """`--dataset=npz:PATH`: a NumPy archive with x_train, y_train and optionally x_test, y_test."""
+  if not os.path.isfile(path):
+    raise ValueError(f'npz:{path}: no such file.')
+  try:
+    with np.load(path, allow_pickle=False) as archive:
+      arrays = {k: archive[k] for k in archive.files}
+  except Exception as e:  # zipfile / pickle / format errors
+    raise ValueError(f'npz:{path} is not a readable NumPy archive ({type(e).__name__}: {e}).') from e
+  missing = {'x_train', 'y_train'} - set(arrays)
+  if missing or (('x_test' in arrays) != ('y_test' in arrays)):
+    raise ValueError(f'npz:{path} has arrays {sorted(arrays)}; it needs x_train and y_train, '
+                     'and x_test with y_test or neither.')
+  return ArraySource(f'npz:{path}', arrays['x_train'], arrays['y_train'], arrays.get('x_test'),
+                     arrays.get('y_test'), num_validation=num_validation, augment=augment)
+
+
+def _as_nhwc(images, split):
+  if images is None:
+    return None
+  images = np.asarray(images)
+  if images.ndim == 3:
+    images = images[..., None]  # [N, H, W] grey images
+  if images.ndim != 4:
+    raise ValueError(f'{split} images must be [N, H, W] or [N, H, W, C]; got shape {images.shape}.')
+  return images
+
+
+def _as_labels(labels, count, split):
+  if labels is None:
+    if count is not None:
+      raise ValueError(f'{split} images come without labels.')
+    return None
+  labels = np.asarray(labels)
+  if labels.ndim == 2 and labels.shape[1] == 1:
+    labels = labels[:, 0]
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f'{split} labels must be integer class ids of shape [N] (not one-hot); got '
+                     f'{labels.dtype} {labels.shape}.')
+  if len(labels) != count:
+    raise ValueError(f'{count} {split} images but {len(labels)} labels.')
+  return labels.astype(np.int32)
+
+
+def _pixel_kind(images, name):
+  if images.dtype == np.uint8:
+    return 'uint8'
+  if not np.issubdtype(images.dtype, np.floating):
+    raise ValueError(f'{name}: images must be uint8 (0-255) or float in [0, 1]; got '
+                     f'{images.dtype}.')
+  lo, hi = float(images.min()), float(images.max())
+  if not (np.isfinite(lo) and np.isfinite(hi) and lo >= 0 and hi <= 1):
+    raise ValueError(f'{name}: float images must lie in [0, 1]; got values in [{lo}, {hi}]. '
+                     'Pass uint8 0-255 images, or divide by 255; a model that expects another '
+                     'range declares it (input_range), the data stays in [0, 1].')
+  return 'float'
+
+
+def _check_label_range(labels, num_classes, name):
+  if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f'{name}: labels must be class ids in [0, {num_classes}); got '
+                     f'[{labels.min()}, {labels.max()}].')
+
+
+def _to_unit_np(images):
+  return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(
+      np.float32)
+
+
+# ------------------------------------------------------------------------------ streams
+class StreamSource(Source):
+  """A finite `tf.data.Dataset` of (image, label) read in a fixed order, never held in memory.
+
+  Index = position in `train`. Each epoch is shuffled with a buffer of `shuffle_buffer`
+  examples seeded from (seed, epoch); examples further apart than the buffer keep their
+  relative order, so make it >= the dataset size for a uniform shuffle.
+  """
+
+  def __init__(self, name, train, test=None, *, num_classes, num_train_total=None,
+               num_validation=None, augment=None, shuffle_buffer=10_000):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    train, test = _pairs(train, 'train'), _pairs(test, 'test')
+    spec = train.element_spec[0]
+    if spec.shape.rank != 3 or not spec.shape.is_fully_defined():
+      raise ValueError(f'{name}: images must have a fixed shape [H, W, C]; got {spec.shape}. '
+                       'Resize them in the dataset (tf.image.resize) first.')
+    if not (spec.dtype == tf.uint8 or spec.dtype.is_floating):
+      raise ValueError(f'{name}: images must be uint8 (0-255) or float in [0, 1]; got {spec.dtype}.')
+    self.name, self.image_shape = name, tuple(spec.shape.as_list())
+    self.pixels = 'uint8' if spec.dtype == tf.uint8 else 'float'
+    self.num_classes = int(num_classes)
+    self.train, self.test = train, test
+    self.num_train_total = int(num_train_total or _count(train))
+    self.num_validation = (default_num_validation(self.num_train_total) if num_validation is None
+                           else int(num_validation))
+    self.augment, self.shuffle_buffer = augment, int(shuffle_buffer)
+    self._check_protocol()
+
+  def identity(self):
+    return dict(super().identity(), shuffle_buffer=self.shuffle_buffer)
+
+  def eval_split(self, split, limit=None):
+    if split == 'validation':
+      ds = self.train.take(self.num_validation if limit is None
+                           else min(limit, self.num_validation))
+    elif split == 'test':
+      if self.test is None:
+        raise ValueError(f'{self.name} has no test split; evaluate on the validation split.')
+      ds = self.test if limit is None else self.test.take(limit)
+    else:
+      raise ValueError(f"Unknown split {split!r}; choose 'validation' or 'test'.")
+    images, labels = [], []
+    for x, y in ds.batch(4096).as_numpy_iterator():
+      images.append(x), labels.append(y)
+    if not labels:
+      raise ValueError(f'{self.name}: the {split} split is empty.')
+    images, labels = np.concatenate(images), np.concatenate(labels).astype(np.int32)
+    _pixel_kind(images, f'{self.name} {split}')
+    _check_label_range(labels, self.num_classes, f'{self.name} {split}')
+    return _to_unit_np(images), labels, np.arange(len(labels), dtype=np.int32)
+
+  def epoch_examples(self, seed, epoch, start, count):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    shuffle_seed = int(np.random.default_rng([seed, epoch]).integers(2**31 - 1))
+    ds = self.train.enumerate().skip(self.num_validation)
+    ds = ds.shuffle(self.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+    return ds.skip(start).take(count).map(
+        lambda i, xy: (xy[0], tf.cast(xy[1], tf.int32), tf.cast(i, tf.int32)))
+
+
+def from_dataset(train, test=None, *, num_classes, num_examples=None, num_validation=None,
+                 augment=None, shuffle_buffer=10_000, name='dataset'):
+  """A source over a finite, unbatched `tf.data.Dataset` of (image, label) or {'image', 'label'},
+  read in the same order every time (no shuffling in it: the trainer shuffles after numbering).
+  Images uint8 0-255 or float in [0, 1] of one fixed shape. `num_examples`: the size of `train`,
+  if its cardinality is unknown (otherwise it is counted once)."""
+  return StreamSource(name, train, test, num_classes=num_classes, num_train_total=num_examples,
+                      num_validation=num_validation, augment=augment,
+                      shuffle_buffer=shuffle_buffer)
+
+
+def from_tfds(name, data_dir=None, *, num_validation=None, train_split='train',
+              test_split='test', shuffle_buffer=10_000, download=True):
+  """Any TFDS image-classification dataset by name, streamed (`--dataset=tfds:NAME`): image shape
+  and classes from its info, validation = the first num_validation training images."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    info = builder.info
+    image_key, label_key = info.supervised_keys or ('image', 'label')
+    num_classes = info.features[label_key].num_classes
+    train = tfds.load(name, split=train_split, data_dir=data_dir, as_supervised=True,
+                      shuffle_files=False, download=download)
+    try:
+      test = tfds.load(name, split=test_split, data_dir=data_dir, as_supervised=True,
+                       shuffle_files=False, download=download)
+    except ValueError:  # no such split: evaluation then uses the validation split
+      test = None
+  except Exception as e:  # TFDS raises many types (network, not found, corrupt)
+    raise _unavailable(name, data_dir, e) from e
+  del image_key
+  return StreamSource(f'tfds:{name}', train, test, num_classes=num_classes,
+                      num_validation=num_validation, shuffle_buffer=shuffle_buffer)
+
+
+def _pairs(ds, split):
+  if ds is None:
+    return None
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  if not isinstance(ds, tf.data.Dataset):
+    raise ValueError(f'{split}: expected a tf.data.Dataset; got {type(ds).__name__}.')
+  spec = ds.element_spec
+  if isinstance(spec, dict) and {'image', 'label'} <= set(spec):
+    ds = ds.map(lambda e: (e['image'], e['label']))
+  elif not (isinstance(spec, tuple) and len(spec) == 2):
+    raise ValueError(f'{split}: elements must be (image, label) or {{"image", "label"}}, unbatched; '
+                     f'got {spec}.')
+  if ds.element_spec[0].shape.rank == 4:
+    raise ValueError(f'{split}: the dataset is batched; pass it unbatched (the trainer batches).')
+  return ds
+
+
+def _count(ds):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  n = int(ds.cardinality())
+  if n == tf.data.INFINITE_CARDINALITY:
+    raise ValueError('The training dataset is infinite (.repeat()?); pass one epoch of it.')
+  if n >= 0:
+    return n
+  return int(ds.reduce(np.int64(0), lambda c, _: c + 1))  # unknown: count once
+
+
+def _unavailable(name, data_dir, e):
+  where = data_dir or '~/tensorflow_datasets'
+  return DataUnavailableError(
+      f'Could not load TFDS dataset {name!r} from {where} ({type(e).__name__}: '
+      f'{str(e).splitlines()[0][:300] if str(e) else ""}). On a machine with internet run\n'
+      f'  python -c "import tensorflow_datasets as tfds; '
+      f'tfds.builder(\'{name}\', data_dir=\'DIR\').download_and_prepare()"\n'
+      'then copy DIR here and pass --tfds_data_dir=DIR. Or train on the embedded data with '
+      '--dataset=mnist_5k.')
+
+
+# ------------------------------------------------------------------------------ built-ins
 def _embedded_mnist_5k():
   """5,000 real MNIST training digits shipped in the package (rows: 784 pixels 0-255, then the
   label; provenance and licence in mma_tf/embedded_data/README.md)."""
@@ -85,8 +396,8 @@ def _embedded_mnist_5k():
   return images[:n_train], labels[:n_train], images[n_train:], labels[n_train:]
 
 
-def _tfds(spec, data_dir, download):
-  import tensorflow_datasets as tfds
+def _tfds_arrays(spec, data_dir, download):
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   try:
     splits = tfds.load(spec.tfds_name, split=['train', 'test'], data_dir=data_dir,
                        as_supervised=True, shuffle_files=False, download=download)
@@ -95,34 +406,44 @@ def _tfds(spec, data_dir, download):
         [np.concatenate(part) for part in zip(*tfds.as_numpy(split.batch(10_000)))]
         for split in splits]
   except Exception as e:  # TFDS raises many types (network, not found, corrupt); say what to do.
-    where = data_dir or '~/tensorflow_datasets'
-    raise DataUnavailableError(
-        f'Could not load TFDS dataset {spec.tfds_name!r} from {where} ({type(e).__name__}: '
-        f'{str(e).splitlines()[0][:300]}). On a machine with internet run\n'
-        f'  python -c "import tensorflow_datasets as tfds; '
-        f'tfds.builder(\'{spec.tfds_name}\', data_dir=\'DIR\').download_and_prepare()"\n'
-        'then copy DIR here and pass --tfds_data_dir=DIR. Or train on the embedded data with '
-        '--dataset=mnist_5k.') from e
+    raise _unavailable(spec.tfds_name, data_dir, e) from e
   return train_x, train_y.astype(np.int32), test_x, test_y.astype(np.int32)
 
 
-def load(dataset, tfds_data_dir=None, download=True):
-  """Loads `dataset` ('mnist_5k' embedded, or 'mnist' / 'cifar10' through TFDS) into memory."""
-  if dataset not in DATASETS:
-    raise ValueError(f'Unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}.')
+def madry_cifar_augment(image, seed):
+  """Reflect-pad 4, random 32x32 crop, random horizontal flip; stateless, from `seed`."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  seeds = tf.random.experimental.stateless_split(seed, 2)
+  size = tf.shape(image)
+  padded = tf.pad(image, [[4, 4], [4, 4], [0, 0]], mode='REFLECT')
+  image = tf.image.stateless_random_crop(padded, size, seed=seeds[0])
+  return tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
+
+
+def load(dataset, tfds_data_dir=None, download=True, num_validation=None):
+  """A source by name: 'mnist_5k' (embedded), 'mnist' / 'cifar10' (TFDS, in memory, the paper's
+  protocol), 'tfds:NAME' (any TFDS image-classification dataset, streamed) or 'npz:PATH'.
+  num_validation overrides the dataset's default validation size."""
+  kind = describe_dataset_name(dataset)
+  if kind == 'npz':
+    return from_npz(dataset[len('npz:'):], num_validation)
+  if kind == 'tfds':
+    return from_tfds(dataset[len('tfds:'):], tfds_data_dir, num_validation=num_validation,
+                     download=download)
   spec = DATASETS[dataset]
-  arrays = _tfds(spec, tfds_data_dir, download) if spec.tfds_name else _embedded_mnist_5k()
-  train_x, train_y, test_x, test_y = arrays
-  for name, x in (('train', train_x), ('test', test_x)):
+  arrays = (_tfds_arrays(spec, tfds_data_dir, download) if spec.tfds_name
+            else _embedded_mnist_5k())
+  for name, x in (('train', arrays[0]), ('test', arrays[2])):
     if tuple(x.shape[1:]) != spec.image_shape:
       raise ValueError(f'{dataset} {name} images have shape {x.shape[1:]}, expected '
                        f'{spec.image_shape}.')
-  if len(train_y) <= spec.num_validation:
-    raise ValueError(f'{dataset} has {len(train_y)} training images; the protocol needs more '
-                     f'than the {spec.num_validation} validation images.')
-  return Data(spec, train_x, train_y, test_x, test_y)
+  return ArraySource(dataset, *arrays, num_classes=spec.num_classes,
+                     num_validation=spec.num_validation if num_validation is None
+                     else num_validation,
+                     augment=madry_cifar_augment if spec.augment else None)
 
 
+# ------------------------------------------------------------------------------ pipelines
 def _pipeline_slice(positions, global_batch_size, input_context):
   """The part of each global batch that this input pipeline feeds to its local replicas."""
   if input_context is None:
@@ -138,47 +459,60 @@ def _per_replica_batch(global_batch_size, input_context):
   return input_context.get_per_replica_batch_size(global_batch_size)
 
 
-def _madry_cifar_augment(image, seed):
-  """Reflect-pad 4, random 32x32 crop, random horizontal flip; stateless, from `seed`."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  seeds = tf.random.experimental.stateless_split(seed, 2)
-  size = tf.shape(image)
-  padded = tf.pad(image, [[4, 4], [4, 4], [0, 0]], mode='REFLECT')
-  image = tf.image.stateless_random_crop(padded, size, seed=seeds[0])
-  return tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
-
-
-def train_dataset(data, global_batch_size, seed, epoch, start_batch=0, input_context=None):
+def train_dataset(source, global_batch_size, seed, epoch, start_batch=0, input_context=None):
   """One epoch of training batches {image, label, index}, starting at batch `start_batch`.
 
-  The epoch's order is a permutation drawn from (seed, epoch); the last partial batch is dropped
-  so every step has the same static shape (the permutation changes, so every image is used).
+  The last partial global batch is dropped so every step has the same static shape (the order
+  changes every epoch, so every image is used). Each input pipeline reads the whole epoch and
+  keeps its slice of every global batch: the global batches do not depend on the number of
+  pipelines or replicas.
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  order = np.random.default_rng([seed, epoch]).permutation(data.train_indices)
-  steps = len(order) // global_batch_size
-  order = order[start_batch * global_batch_size:steps * global_batch_size]
-  order = _pipeline_slice(order, global_batch_size, input_context).astype(np.int32)
-  images, labels = tf.constant(data.train_images), tf.constant(data.train_labels)
-  augment = data.spec.augment
+  steps = source.steps_per_epoch(global_batch_size)
+  start = start_batch * global_batch_size
+  examples = source.epoch_examples(seed, epoch, start, steps * global_batch_size - start)
+  num_train, num_classes, augment = source.num_train_total, source.num_classes, source.augment
+  shape, name = source.image_shape, source.name
 
-  def example(index):
-    image = tf.cast(tf.gather(images, index), tf.float32) / 255.0
-    if augment:
-      image = _madry_cifar_augment(image, tf.stack([tf.cast(seed * 1_000_003 + epoch, tf.int64),
-                                                    tf.cast(index, tf.int64)]))
-    return {'image': image, 'label': tf.gather(labels, index), 'index': index}
+  def example(image, label, index):
+    checks = [
+        tf.debugging.assert_less(index, num_train, message=(
+            f'{name}: an example index is >= the {num_train} rows of the eps memory; the '
+            'dataset is longer than num_examples said')),
+        tf.debugging.assert_non_negative(index, message=f'{name}: negative example index'),
+        tf.debugging.assert_less(label, num_classes, message=(
+            f'{name}: a label is >= num_classes ({num_classes})')),
+        tf.debugging.assert_non_negative(label, message=f'{name}: a negative label'),
+    ]
+    with tf.control_dependencies(checks):
+      if image.dtype == tf.uint8:
+        image = tf.cast(image, tf.float32) / 255.0
+      else:
+        image = tf.cast(image, tf.float32)
+        image = tf.debugging.assert_all_finite(image, f'{name}: a non-finite pixel')
+        with tf.control_dependencies([tf.debugging.assert_less_equal(
+            tf.abs(image - 0.5), 0.5, message=f'{name}: float pixels outside [0, 1]')]):
+          image = tf.identity(image)
+    if augment is not None:
+      image = augment(image, tf.stack([tf.cast(seed * 1_000_003 + epoch, tf.int64),
+                                       tf.cast(index, tf.int64)]))
+    return {'image': tf.ensure_shape(image, shape), 'label': label, 'index': index}
 
-  ds = tf.data.Dataset.from_tensor_slices(order)
-  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if input_context is not None and input_context.num_input_pipelines > 1:
+    # Sliced before the per-example work, so each pipeline decodes and augments only its share.
+    pipelines, pid = input_context.num_input_pipelines, input_context.input_pipeline_id
+    local = global_batch_size // pipelines
+    examples = examples.batch(global_batch_size, drop_remainder=True).map(
+        lambda *b: tuple(v[pid * local:(pid + 1) * local] for v in b)).unbatch()
+  ds = examples.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(_per_replica_batch(global_batch_size, input_context), drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset(images, labels, indices, global_batch_size, input_context=None):
-  """Batches {image, label, index, weight} of a whole split, padded to full global batches.
-
-  Padding examples have weight 0, so every batch has a static shape and metrics stay exact.
+  """Batches {image, label, index, weight} of a whole split (float images in [0, 1]), padded to
+  full global batches. Padding examples have weight 0, so every batch has a static shape and
+  metrics stay exact.
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from mma_tf.evaluation.common import pad_positions  # pylint: disable=import-outside-toplevel
@@ -187,7 +521,7 @@ def eval_dataset(images, labels, indices, global_batch_size, input_context=None)
   positions = _pipeline_slice(positions, global_batch_size, input_context)
   weights = _pipeline_slice(weights, global_batch_size, input_context)
   ds = tf.data.Dataset.from_tensor_slices({
-      'image': (images[positions].astype(np.float32) / 255.0),
+      'image': images[positions].astype(np.float32),
       'label': labels[positions].astype(np.int32),
       'index': indices[positions].astype(np.int32),
       'weight': weights,

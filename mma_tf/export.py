@@ -10,8 +10,11 @@ import shutil
 import tensorflow as tf
 
 
-def export_saved_model(model, export_dir):
+def export_saved_model(model, export_dir, image_shape=None):
   """Writes `model` (Keras, [0, 1] images -> logits) to export_dir, replacing it atomically.
+
+  image_shape pins the serving signature to float32 [None, *image_shape] (a subclassed model has
+  no recorded input shape of its own).
 
   The new SavedModel is written next to the old one and swapped in by renames, so an interrupted
   export never leaves a half-written directory where a good one was.
@@ -19,7 +22,9 @@ def export_saved_model(model, export_dir):
   export_dir = os.path.abspath(export_dir)
   tmp, old = export_dir + '.tmp', export_dir + '.old'
   shutil.rmtree(tmp, ignore_errors=True)
-  model.export(tmp, format='tf_saved_model', verbose=False)
+  signature = None if image_shape is None else [
+      tf.TensorSpec([None, *image_shape], tf.float32, name='images')]
+  model.export(tmp, format='tf_saved_model', verbose=False, input_signature=signature)
   if os.path.exists(export_dir):
     shutil.rmtree(old, ignore_errors=True)
     os.replace(export_dir, old)

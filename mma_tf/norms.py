@@ -19,20 +19,33 @@ def _flat(x):
   return tf.reshape(x, [tf.shape(x)[0], -1])
 
 
-def uniform_per_example(seeds, like, minval, maxval):
-  """U(minval, maxval) shaped like x [B, ...]; example i is drawn from its own seed seeds[i].
+def _unit_per_example(seeds, like, count=1):
+  """U[0, 1) floats [count, B, ...] shaped like x; example i drawn from its own seed seeds[i].
 
   Floats are made from Philox integer bits by hand: TF's float stateless_uniform returns other
-  numbers under XLA, its integer bits do not, so eager, graph and XLA runs draw the same start.
+  numbers under XLA, its integer bits do not, so eager, graph and XLA runs draw the same values.
   """
-  shape = like.shape[1:]
+  shape = [count] + like.shape[1:].as_list()
 
   def draw(seed):
     bits = tf.random.stateless_uniform(shape, seed, None, None, tf.uint32, alg='philox')
-    unit = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))  # [0, 1)
-    return tf.cast(minval + (maxval - minval) * unit, like.dtype)
+    return tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))
 
-  return tf.map_fn(draw, seeds, fn_output_signature=tf.TensorSpec(shape, like.dtype))
+  units = tf.map_fn(draw, seeds, fn_output_signature=tf.TensorSpec(shape, tf.float32))
+  return tf.unstack(units, axis=1)
+
+
+def uniform_per_example(seeds, like, minval, maxval):
+  """U(minval, maxval) shaped like x [B, ...]; example i is drawn from its own seed seeds[i]."""
+  unit, = _unit_per_example(seeds, like)
+  return tf.cast(minval + (maxval - minval) * unit, like.dtype)
+
+
+def normal_per_example(seeds, like, stddev=1.0):
+  """N(0, stddev^2) shaped like x [B, ...] per example seed (Box-Muller on the same bits)."""
+  u1, u2 = _unit_per_example(seeds, like, count=2)
+  radius = tf.sqrt(-2.0 * tf.math.log1p(-u1))  # 1 - u1 in (0, 1]: finite
+  return tf.cast(stddev * radius * tf.cos(2.0 * 3.141592653589793 * u2), like.dtype)
 
 
 def _clip_to_box(x, delta, clip_min, clip_max):

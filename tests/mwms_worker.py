@@ -26,11 +26,11 @@ CRASH_EXIT_CODE = 17
 
 
 def _state(trainer):
-  weights = np.concatenate([v.numpy().ravel() for v in trainer.model.weights])
-  return {'step': int(trainer.step.numpy()),
+  weights = np.concatenate([v.numpy().ravel() for v in trainer.task.model.weights])
+  return {'step': int(trainer.task.step.numpy()),
           'weights_sha': hashlib.sha256(weights.tobytes()).hexdigest(),
           'weights': float(np.abs(weights).sum()), 'weights_head': weights[:5].tolist(),
-          'eps_memory': trainer.eps_memory.numpy().tolist()}
+          'eps_memory': trainer.task.eps_memory.numpy().tolist()}
 
 
 def _crash_after_chief_save(trainer, crash_step):

@@ -1,7 +1,6 @@
 """The CIFAR presets' paths at toy size: BatchNorm in MMA's passes and across replicas (REVIEW
 P6c, P7), PyTorch-style SGD with weight decay across a learning-rate drop, the step schedule."""
 import bisect
-import dataclasses
 
 import keras
 import numpy as np
@@ -21,11 +20,7 @@ QUIET = lambda m: None
 @pytest.fixture(scope='module')
 def data8():
   """The tiny digits at 8x8 (24x24 centre, 3x3 means): WRN-10-1 steps in milliseconds."""
-  d = tiny_data()
-  shrink = lambda im: im[:, 2:26, 2:26].reshape(-1, 8, 3, 8, 3, 1).mean((2, 4)).astype(np.uint8)
-  spec = dataclasses.replace(d.spec, image_shape=(8, 8, 1))
-  return data_lib.Data(spec, shrink(d.train_images), d.train_labels, shrink(d.test_images),
-                       d.test_labels)
+  return tiny_data(size=8)
 
 
 def _bn_config(**overrides):
@@ -45,7 +40,7 @@ def warm_weights(data8, tmp_path_factory):
   warm = trainer_lib.Trainer(_bn_config(objective='standard'),
                              str(tmp_path_factory.mktemp('warm')), data=data8, log=QUIET)
   _steps(warm, 28, epochs=3)
-  return warm.model.get_weights()
+  return warm.task.model.get_weights()
 
 
 # Train-mode forwards of one MMA step (objectives.MMA): (a) the clean pass, (c) with
@@ -60,7 +55,7 @@ def test_moving_statistics_count_the_train_mode_passes_of_an_mma_step(data8, tmp
                                                                       train_mode_passes):
   trainer = trainer_lib.Trainer(_bn_config(search_bn_mode=mode), str(tmp_path), data=data8,
                                 log=QUIET)
-  bns = _bn_layers(trainer.model)
+  bns = _bn_layers(trainer.task.model)
   assert len(bns) == 7
   # A huge starting moving variance V decays as V * 0.9^k after k updates (the batch variances
   # add O(1)), so k can be read off every layer.
@@ -83,7 +78,7 @@ def test_sync_batchnorm_one_and_two_replicas_take_the_same_step(data8, tmp_path,
   def run(name, strategy, **overrides):
     config = _bn_config(weight_decay=5e-4, **overrides)
     trainer = trainer_lib.Trainer(config, str(tmp_path / name), strategy, data=data8, log=QUIET)
-    trainer.model.set_weights(warm_weights)
+    trainer.task.model.set_weights(warm_weights)
     return trainer, _steps(trainer, 2)
 
   one, out_one = run('one', None, sync_batchnorm=True)
@@ -93,8 +88,8 @@ def test_sync_batchnorm_one_and_two_replicas_take_the_same_step(data8, tmp_path,
   for a, b in zip(out_one, out_two):
     np.testing.assert_allclose(float(a['total_loss']), float(b['total_loss']), rtol=1e-5)
     np.testing.assert_allclose(np.sort(a['eps']), np.sort(b['eps']), atol=1e-5)
-  assert np.count_nonzero(one.eps_memory.numpy()) >= 16  # most of 32 examples were attacked
-  np.testing.assert_allclose(one.eps_memory.numpy(), two.eps_memory.numpy(), atol=1e-5)
+  assert np.count_nonzero(one.task.eps_memory.numpy()) >= 16  # most of 32 examples were attacked
+  np.testing.assert_allclose(one.task.eps_memory.numpy(), two.task.eps_memory.numpy(), atol=1e-5)
   tolerance = 1e-5 * one.config.learning_rate
   for a, b in zip(_weights(one), _weights(two)):  # trainable weights and moving statistics
     np.testing.assert_allclose(a, b, atol=tolerance, rtol=1e-5)
@@ -112,7 +107,7 @@ def test_torch_sgd_with_weight_decay_across_a_learning_rate_drop_matches_numpy(t
                        lr_boundaries=(2,), lr_values=values, momentum=mu, weight_decay=wd)
   trainer = trainer_lib.Trainer(config, str(tmp_path), data=data, log=QUIET)
   reference = models.build_model(config.model, (28, 28, 1), 10)
-  w = [v.numpy() for v in trainer.model.trainable_variables]
+  w = [v.numpy() for v in trainer.task.model.trainable_variables]
   velocity = [np.zeros_like(x) for x in w]
   keras_w, keras_velocity = list(w), [np.zeros_like(x) for x in w]
   batches = data_lib.train_dataset(data, config.batch_size, config.seed, 0).take(4)
@@ -132,8 +127,8 @@ def test_torch_sgd_with_weight_decay_across_a_learning_rate_drop_matches_numpy(t
       keras_velocity[i] = mu * keras_velocity[i] - lr * g
       keras_w[i] = keras_w[i] + keras_velocity[i]
   _steps(trainer, 4)
-  assert int(trainer.optimizer.iterations.numpy()) == 4
-  got = [v.numpy() for v in trainer.model.trainable_variables]
+  assert int(trainer.task.optimizer.iterations.numpy()) == 4
+  got = [v.numpy() for v in trainer.task.model.trainable_variables]
   for a, b in zip(got, w):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   # The test separates the two conventions: after the drop they differ far beyond the tolerance.

@@ -52,7 +52,8 @@ def test_parse_radius_rejects_overflow_and_parse_radii_reads_lists():
     ('mnist_5k', dict(momentum=0.5), '--momentum has no effect here: --optimizer=adam'),
     ('mnist', dict(momentum=0.9), '--momentum has no effect here'),  # even at the default value
     ('mnist_5k', dict(objective='mma', pgd_eps=0.2), '--pgd_eps has no effect here'),
-    ('mnist_5k', dict(objective='standard', pgd_eps=0.2), '--objective=standard is not pgd_at'),
+    ('mnist_5k', dict(objective='standard', pgd_eps=0.2), '--objective=standard is neither'),
+    ('mnist_5k', dict(objective='pgd_at', trades_beta=1.0), '--objective=pgd_at is not trades'),
     ('mnist_5k', dict(objective='pgd_at', attack_mineps=0.05), '--objective=pgd_at runs no AN-PGD'),
     ('mnist_5k', dict(objective='standard', clean_loss_coeff=0.5), 'only MMA has a clean-loss'),
     ('mnist_5k', dict(objective='standard', eps_iter_scale=2.0), 'no training attack'),

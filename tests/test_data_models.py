@@ -64,7 +64,7 @@ def test_tfds_path_with_mock_data(name, shape):
   with tfds.testing.mock_data(num_examples=5100):
     data = data_lib.load(name)
   assert data.train_images.shape[1:] == shape and data.num_train_total == 5100
-  assert len(data.train_indices) == 100 and data.spec.num_validation == 5000
+  assert len(data.train_indices) == 100 and data.num_validation == 5000
   batch = next(iter(data_lib.train_dataset(data, 20, seed=0, epoch=0)))
   assert batch['image'].shape == (20,) + shape
   assert 0 <= float(tf.reduce_min(batch['image'])) and float(tf.reduce_max(batch['image'])) <= 1
@@ -90,7 +90,7 @@ def test_cifar_augmentation_is_reflect_pad_4_random_crop_32_and_flip():
   image = np.random.RandomState(0).permutation(32 * 32 * 3).reshape(32, 32, 3).astype(np.float32)
   seen = set()
   for s in range(40):
-    out = data_lib._madry_cifar_augment(tf.constant(image), tf.constant([5, s], tf.int64)).numpy()
+    out = data_lib.madry_cifar_augment(tf.constant(image), tf.constant([5, s], tf.int64)).numpy()
     matches = _windows(out, image)
     assert len(matches) == 1, f'seed {s}: not a flipped/unflipped window of the padded image'
     seen.add(matches[0])
@@ -100,17 +100,17 @@ def test_cifar_augmentation_is_reflect_pad_4_random_crop_32_and_flip():
   # Windows reaching into the padding on each side: the pad is really 4 and really reflected.
   assert {dy for dy, _ in offsets} & {0, 1} and {dy for dy, _ in offsets} & {7, 8}
   assert {dx for _, dx in offsets} & {0, 1} and {dx for _, dx in offsets} & {7, 8}
-  again = data_lib._madry_cifar_augment(tf.constant(image), tf.constant([5, 3], tf.int64))
+  again = data_lib.madry_cifar_augment(tf.constant(image), tf.constant([5, 3], tf.int64))
   np.testing.assert_array_equal(
-      again, data_lib._madry_cifar_augment(tf.constant(image), tf.constant([5, 3], tf.int64)))
+      again, data_lib.madry_cifar_augment(tf.constant(image), tf.constant([5, 3], tf.int64)))
 
 
 def test_cifar_training_batches_are_augmented_per_image_and_validation_is_not():
   rng = np.random.RandomState(1)
-  spec = data_lib.DatasetSpec('cifar_like', (32, 32, 3), 10, num_validation=4, augment=True)
   images = rng.randint(0, 256, (24, 32, 32, 3)).astype(np.uint8)
   labels = rng.randint(0, 10, 24).astype(np.int32)
-  data = data_lib.Data(spec, images, labels, images[:4], labels[:4])
+  data = data_lib.from_arrays(images, labels, images[:4], labels[:4], num_classes=10,
+                              num_validation=4, augment=data_lib.madry_cifar_augment)
   seen = set()
   for epoch in range(2):
     for batch in data_lib.train_dataset(data, 10, seed=0, epoch=epoch):

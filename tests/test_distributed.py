@@ -113,9 +113,9 @@ def test_jit_compiled_validation_on_two_replicas_matches_graph_validation(data, 
     config = tiny_config(jit_compile=jit, num_search_steps=2, nb_iter=2, eval_batch_size=100)
     trainer = trainer_lib.Trainer(config, str(tmp_path / f'jit{jit}'), two_cpu_strategy,
                                   data=data, log=lambda m: None)
-    trainer.model.set_weights(warm.model.get_weights())
+    trainer.task.model.set_weights(warm.task.model.get_weights())
     results[jit] = trainer.evaluate('validation')
-    assert trainer._eval_step.experimental_get_tracing_count() == 1
+    assert trainer.task.eval_step.experimental_get_tracing_count() == 1
   plain, jit = results[False], results[True]
   assert plain['clean_acc'] > 0.5 and plain['avg_margin'] > 0.02, plain
   assert jit['clean_acc'] == plain['clean_acc']

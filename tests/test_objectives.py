@@ -42,8 +42,10 @@ def test_mma_loss_matches_a_direct_recomputation():
   eps0 = np.zeros(16, np.float32)  # first visit: the floor attack_mineps applies
   x = tf.constant(p.x)
   with tf.GradientTape() as tape:
-    loss, eps_out, _ = objective(model, x, y, eps0, seeds, tape, global_batch_size=16)
+    out = objective(model, x, y, eps0, seeds, tape.stop_recording)
+    loss = tf.reduce_sum(out.loss) / 16  # the trainer's reduction over the global batch
   grads = tape.gradient(loss, model.trainable_variables)
+  eps_out = out.eps
 
   # Direct re-computation from docs/paper_notes.md 2.3.
   z_clean = model(x).numpy()
@@ -76,9 +78,10 @@ def test_mma_loss_matches_a_direct_recomputation():
 
 def _run_objective(config, model, x, y, seeds):
   with tf.GradientTape() as tape:
-    loss, eps_out, stats = objectives.build_objective(config)(
-        model, x, y, np.zeros(len(y), np.float32), seeds, tape, len(y))
-  return loss, eps_out, stats, tape.gradient(loss, model.trainable_variables)
+    out = objectives.build_objective(config)(
+        model, x, y, np.zeros(len(y), np.float32), seeds, tape.stop_recording)
+    loss = tf.reduce_mean(out.loss)
+  return loss, out.eps, out.stats, tape.gradient(loss, model.trainable_variables)
 
 
 def test_omma_differs_from_mma_by_exactly_the_clean_term():
@@ -116,13 +119,17 @@ def test_omma_differs_from_mma_by_exactly_the_clean_term():
 
 
 @pytest.mark.parametrize('name, overrides', [
-    ('omma', {}), ('pgd_at', dict(pgd_eps=0.05)), ('standard', {})])
+    ('omma', {}), ('pgd_at', dict(pgd_eps=0.05)), ('trades', dict(pgd_eps=0.05)),
+    ('standard', {})])
 def test_other_objectives_run_and_sum_their_statistics(name, overrides):
   p = LinearProblem('Linf', 10, batch=8)
   model = _linear_keras_model(p)
   seeds = example_seeds(0, np.arange(8))
   config = configs.resolve('mnist_5k', 'Linf', dict(objective=name, nb_iter=5, **overrides))
   loss, eps_out, stats, grads = _run_objective(config, model, tf.constant(p.x), p.y, seeds)
-  assert np.isfinite(float(loss)) and eps_out.shape == (8,)
+  objective = objectives.build_objective(config)
+  assert np.isfinite(float(loss))
+  assert (eps_out is not None) == objective.uses_eps_memory == (name == 'omma')
+  assert eps_out is None or eps_out.shape == (8,)
   assert all(g is not None for g in grads)
   np.testing.assert_allclose(float(loss) * 8, stats['loss'].numpy().sum(), rtol=1e-5)

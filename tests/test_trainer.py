@@ -19,6 +19,7 @@ import tensorflow as tf
 from helpers import tiny_config, tiny_data
 from mma_tf import data as data_lib
 from mma_tf import export as export_lib
+from mma_tf import models
 from mma_tf import trainer as trainer_lib
 from tensorflow.python.framework import config as tf_config  # TF has no public disable
 
@@ -43,7 +44,7 @@ def op_determinism():
 
 
 def _weights(trainer):
-  return [v.numpy() for v in trainer.model.weights]
+  return [v.numpy() for v in trainer.task.model.weights]
 
 
 def _steps(trainer, n, epochs=1):
@@ -52,10 +53,10 @@ def _steps(trainer, n, epochs=1):
   outputs = []
   for epoch in range(epochs):
     dataset = trainer.strategy.distribute_datasets_from_function(
-        lambda ctx: data_lib.train_dataset(trainer.data, config.batch_size, config.seed, epoch, 0,
+        lambda ctx: data_lib.train_dataset(trainer.task.data, config.batch_size, config.seed, epoch, 0,
                                            ctx))
     iterator = iter(dataset)
-    outputs += [trainer._train_step(iterator) for _ in range(n)]
+    outputs += [trainer.task.train_step(iterator) for _ in range(n)]
   return outputs
 
 
@@ -74,8 +75,8 @@ def test_mirrored_step_equals_one_device(data, tmp_path, two_cpu_strategy):
   # Start both from a briefly trained model, so most examples are correct and get attacked.
   warm = trainer_lib.Trainer(tiny_config(objective='standard'), str(tmp_path / 'warm'), data=data)
   _steps(warm, 25, epochs=3)
-  one.model.set_weights(warm.model.get_weights())
-  mirrored.model.set_weights(warm.model.get_weights())
+  one.task.model.set_weights(warm.task.model.get_weights())
+  mirrored.task.model.set_weights(warm.task.model.get_weights())
   # Random starts are keyed by (seed, step, example index), so parity holds with rand init on.
   out_one, out_two = _steps(one, 2), _steps(mirrored, 2)
   for a, b in zip(out_one, out_two):
@@ -84,8 +85,8 @@ def test_mirrored_step_equals_one_device(data, tmp_path, two_cpu_strategy):
   lr = config.learning_rate
   for a, b in zip(_weights(one), _weights(mirrored)):
     np.testing.assert_allclose(a, b, atol=lr * 1e-5)
-  np.testing.assert_allclose(one.eps_memory.numpy(), mirrored.eps_memory.numpy(), atol=1e-5)
-  assert np.count_nonzero(one.eps_memory.numpy()) > 16  # the memory was written
+  np.testing.assert_allclose(one.task.eps_memory.numpy(), mirrored.task.eps_memory.numpy(), atol=1e-5)
+  assert np.count_nonzero(one.task.eps_memory.numpy()) > 16  # the memory was written
 
 
 def test_jit_compiled_attacks_train(data, tmp_path):
@@ -93,7 +94,7 @@ def test_jit_compiled_attacks_train(data, tmp_path):
                                 log=lambda m: None)
   outputs = _steps(trainer, 3)
   assert all(np.isfinite(float(o['total_loss'])) for o in outputs)
-  assert trainer._train_step.experimental_get_tracing_count() == 1
+  assert trainer.task.train_step.experimental_get_tracing_count() == 1
 
 
 def test_resume_equals_uninterrupted(data, tmp_path, op_determinism):
@@ -109,8 +110,8 @@ def test_resume_equals_uninterrupted(data, tmp_path, op_determinism):
   assert any('Resumed from step 12' in m for m in messages)
   for a, b in zip(_weights(full), _weights(resumed)):
     np.testing.assert_array_equal(a, b)
-  np.testing.assert_array_equal(full.eps_memory.numpy(), resumed.eps_memory.numpy())
-  for a, b in zip(full.optimizer.variables, resumed.optimizer.variables):
+  np.testing.assert_array_equal(full.task.eps_memory.numpy(), resumed.task.eps_memory.numpy())
+  for a, b in zip(full.task.optimizer.variables, resumed.task.optimizer.variables):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
@@ -121,7 +122,7 @@ def test_training_raises_the_margin_and_exports_a_differentiable_savedmodel(data
   before = trainer.evaluate('validation')
   summary = trainer.train()
   after = summary['validation']
-  assert trainer._train_step.experimental_get_tracing_count() == 1  # 3 epochs, one trace
+  assert trainer.task.train_step.experimental_get_tracing_count() == 1  # 3 epochs, one trace
   assert after['avg_margin'] > before['avg_margin'] + 0.05, (before, after)
   assert after['clean_acc'] > 0.6
   assert summary['best_step'] > 0 and summary['best_val_margin'] == pytest.approx(
@@ -131,7 +132,7 @@ def test_training_raises_the_margin_and_exports_a_differentiable_savedmodel(data
   # The export is the best checkpoint; it reloads with the same logits and input gradients.
   predict, spec = export_lib.load_classifier(os.path.join(model_dir, 'export'))
   assert tuple(spec.shape[1:]) == (28, 28, 1)
-  best = trainer_lib.models.build_model(config.model, (28, 28, 1), 10)
+  best = models.build_model(config.model, (28, 28, 1), 10)
   trainer_lib.restore_model_weights(best, trainer.best_manager.latest_checkpoint)
   x = tf.constant(data.test_images[:8] / 255.0, tf.float32)
   np.testing.assert_allclose(predict(x), best(x), atol=1e-5)
@@ -167,9 +168,9 @@ def test_export_refuses_a_checkpoint_that_does_not_match_the_model(data, tmp_pat
     assert not os.path.exists(run / 'export') and not os.path.exists(run / 'export.tmp')
   # The matching checkpoint exports, with its own weights.
   good = trainer_lib.Trainer(tiny_config(), str(tmp_path / 'good'), data=data, log=quiet)
-  good.model.set_weights([w + 0.5 for w in good.model.get_weights()])
+  good.task.model.set_weights([w + 0.5 for w in good.task.model.get_weights()])
   _save_best(good)
-  good.model.set_weights([w * 0 for w in good.model.get_weights()])
+  good.task.model.set_weights([w * 0 for w in good.task.model.get_weights()])
   good.export_best(str(tmp_path / 'good' / 'export'))
   predict, _ = export_lib.load_classifier(str(tmp_path / 'good' / 'export'))
   assert float(tf.reduce_max(tf.abs(predict(tf.zeros([1, 28, 28, 1]))))) > 0  # not the zeros
@@ -241,15 +242,16 @@ def test_corrupt_checkpoint_is_a_clear_error_and_is_kept(data, tmp_path):
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data, tmp_path):
   trainer = trainer_lib.Trainer(tiny_config(train_steps=20, checkpoint_every=2), str(tmp_path),
                                 data=data, log=lambda m: None)
-  objective = trainer.objective
+  objective = trainer.task.objective
 
-  def poisoned(model, x, y, eps0, seeds, tape, batch):
-    loss, eps, stats = objective(model, x, y, eps0, seeds, tape, batch)
-    bad = tf.cast(trainer.step, tf.float32) >= 4  # the 5th step goes non-finite
-    return tf.where(bad, np.nan, loss), eps, stats
+  class Poisoned(type(objective)):
+    def __call__(self, *args):
+      out = super().__call__(*args)
+      bad = tf.cast(trainer.task.step, tf.float32) >= 4  # the 5th step goes non-finite
+      out.loss = tf.where(bad, np.nan, out.loss)
+      return out
 
-  poisoned.uses_eps_memory = True
-  trainer.objective = poisoned
+  trainer.task.objective = Poisoned(objective.config)
   with pytest.raises(trainer_lib.NonFiniteLossError, match='at step 5.*ckpt-4'):
     trainer.train()
   fresh = trainer_lib.Trainer(tiny_config(train_steps=20, checkpoint_every=2), str(tmp_path),

@@ -98,7 +98,8 @@ def pgd(predict, x, y, eps, *, norm='Linf', nb_iter=40, step_size=None, rel_step
       Default: rel_step_size = 2.5 / nb_iter (Madry et al.; the MMA code's eps_iter_scale).
     loss: 'ce', 'slm', 'lm', 'cw' or a callable (logits, labels) -> per-example loss.
       It is summed over the batch, so per-example gradients do not depend on the batch size.
-    rand_init: start from advertorch's random point in the ball (docs/paper_notes.md 2.2) or from x.
+    rand_init: True: start from advertorch's random point in the ball (docs/paper_notes.md 2.2);
+      False: from x; or a callable (x, seeds [B, 2]) -> delta for another start (TRADES').
     seed: int, a [2] stateless seed, or per-example seeds [B, 2] (see `example_seeds`).
   Returns:
     The adversarial batch, clipped to [clip_min, clip_max] (the last iterate, as advertorch).
@@ -120,7 +121,9 @@ def pgd(predict, x, y, eps, *, norm='Linf', nb_iter=40, step_size=None, rel_step
     check_attack_inputs(x, y, step_size, clip_min, clip_max, name='step_size')
     step = per_example_vector(step_size, batch_size, x.dtype)
 
-  if rand_init:
+  if callable(rand_init):
+    delta = rand_init(x, _seeds_for_batch(seed, batch_size))
+  elif rand_init:
     delta = geometry.random_init(x, eps, _seeds_for_batch(seed, batch_size), clip_min, clip_max)
   else:
     delta = tf.zeros_like(x)

@@ -27,9 +27,12 @@ flags.DEFINE_string('source_saved_model', None,
                     'Optional SavedModel to craft transfer attacks on (paper protocol).')
 flags.DEFINE_string('signature', None, "Signature of --saved_model to call (default "
                     "'serving_default'; the source model always uses its default).")
-flags.DEFINE_enum('dataset', 'mnist_5k', sorted(data_lib.DATASETS), 'Evaluation data.')
+flags.DEFINE_string('dataset', 'mnist_5k', 'Evaluation data, as mma-train\'s --dataset: '
+                    f'{", ".join(sorted(data_lib.DATASETS))}, tfds:NAME or npz:PATH.')
+flags.DEFINE_integer('num_validation', None, 'With --split=validation: the validation size the '
+                     'model was trained with, if not the dataset\'s default.')
 flags.DEFINE_enum('split', 'test', ['test', 'validation'], 'Which split.')
-flags.DEFINE_string('tfds_data_dir', None, 'TFDS data directory (mnist / cifar10).')
+flags.DEFINE_string('tfds_data_dir', None, 'TFDS data directory (mnist, cifar10, tfds:NAME).')
 flags.DEFINE_enum('norm', 'Linf', ['Linf', 'L2'], 'Threat model.')
 flags.DEFINE_list('eps', None, "Radii in the unit of the [0, 1] image range, never rescaled: "
                   "numbers or fractions a/b (0.3, 8/255); default the paper's list.")
@@ -73,9 +76,9 @@ def main(argv):
     if F.num_examples is not None and F.num_examples < 1:
       raise ValueError(f'--num_examples must be >= 1; got {F.num_examples}.')
     eps = common.parse_radii(F.eps, '--eps') if F.eps else None
+    data_lib.describe_dataset_name(F.dataset)
     common.optional_import('matplotlib', 'plots', "The report's PNG plots")
     common.import_tensorflow(F.verbose_tf)
-    import numpy as np
     from mma_tf import evaluation, export, trainer
     eps = eps or evaluation.default_eps(F.dataset, F.norm)
     config = evaluation.EvalConfig(
@@ -88,22 +91,19 @@ def main(argv):
         margin_estimates=tuple(m for m in F.margins if m), margin_maxeps=F.margin_maxeps,
         margin_nb_iter=F.margin_nb_iter, batch_size=F.batch_size, seed=F.seed,
         jit_compile=F.jit_compile)
-    spec = data_lib.DATASETS[F.dataset]
-    config.validate(spec.image_shape)
+    data = data_lib.load(F.dataset, F.tfds_data_dir, num_validation=F.num_validation)
+    config.validate(data.image_shape)
     strategy = trainer.make_strategy(F.strategy)
     with strategy.scope():  # the weights are then copied to every replica's device
       predict, input_spec = export.load_classifier(F.saved_model, F.signature)
       source = None
       if F.source_saved_model:
         source, _ = export.load_classifier(F.source_saved_model)
-    if not input_spec.shape[1:].is_compatible_with(spec.image_shape):
+    if not input_spec.shape[1:].is_compatible_with(data.image_shape):
       raise ValueError(f'{F.saved_model} takes images of shape {input_spec.shape[1:]}, but '
-                       f'{F.dataset} images are {spec.image_shape}; evaluate on the dataset the '
+                       f'{F.dataset} images are {data.image_shape}; evaluate on the dataset the '
                        'model was trained for.')
-    data = data_lib.load(F.dataset, F.tfds_data_dir)
-    images, labels, _ = data.eval_split(F.split)
-    images, labels = images[:F.num_examples], labels[:F.num_examples]
-    images = images.astype(np.float32) / 255.0
+    images, labels, _ = data.eval_split(F.split, limit=F.num_examples)
     attacks = ', '.join(f'{p}: {" -> ".join(a.name for a in attack_list)}'
                         for p, attack_list in config.protocol_attacks().items())
     print(f'Evaluating {F.saved_model} on {len(labels)} {F.dataset} {F.split} images, {F.norm} '

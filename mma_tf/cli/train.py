@@ -1,8 +1,9 @@
-r"""Train a classifier with MMA (default), OMMA, PGD adversarial training or standard training.
+r"""Train a classifier with MMA (default), OMMA, PGD adversarial training, TRADES or standard training.
 
   mma-train                       # MMA on the embedded 5k MNIST digits, a few minutes
   mma-train --dataset=cifar10 --norm=Linf --hinge_maxeps=32/255 --strategy=mirrored \
       --model_dir=runs/c10-linf-mma32 --tfds_data_dir=~/tensorflow_datasets
+  mma-train --model=my_nets:build --dataset=npz:digits.npz --hinge_maxeps=0.45 --test_eps=0.3
 
 (`python bin/train.py` is the same command.) Settings come from the paper's preset for
 (--dataset, --norm); every flag given overrides it, and a flag that would have no effect in the
@@ -11,6 +12,7 @@ dataset, written as numbers or fractions (8/255). Re-running the same command wi
 --model_dir resumes. Flags are checked before TensorFlow starts.
 """
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -20,12 +22,16 @@ from mma_tf import data as data_lib
 from mma_tf.cli import common
 
 F = flags.FLAGS
-flags.DEFINE_enum('dataset', 'mnist_5k', sorted(data_lib.DATASETS),
-                  'mnist_5k: 5,000 real MNIST digits shipped inside the package (no download); '
-                  'mnist, cifar10: through tensorflow-datasets.')
+flags.DEFINE_string('dataset', 'mnist_5k',
+                    'mnist_5k: 5,000 real MNIST digits shipped inside the package (no download); '
+                    'mnist, cifar10: the paper\'s, through tensorflow-datasets; tfds:NAME: any '
+                    'TFDS image-classification dataset (streamed); npz:PATH: a NumPy archive '
+                    'with x_train, y_train[, x_test, y_test] (uint8 0-255 or float in [0, 1]). '
+                    'Data other than the paper\'s gets generic settings (configs.CUSTOM_PRESETS).')
 flags.DEFINE_enum('norm', 'Linf', ['Linf', 'L2'], 'Perturbation norm (training and validation).')
 flags.DEFINE_enum('objective', 'mma', list(configs.OBJECTIVES),
-                  'mma, omma (MMA without the clean loss), pgd_at (Madry), standard.')
+                  'mma, omma (MMA without the clean loss), pgd_at (Madry), trades (Zhang et '
+                  'al.), standard.')
 flags.DEFINE_string('model_dir', None, 'Where checkpoints, summaries, config and export go '
                     '(default runs/<dataset>-<norm>-<objective>). Re-run to resume.')
 flags.DEFINE_enum('strategy', 'default', ['default', 'mirrored', 'multi_worker'],
@@ -37,7 +43,16 @@ flags.DEFINE_bool('verbose_tf', False, "Show TensorFlow's C++ logs (start-up not
 
 # Preset fields: None means "the preset's value".
 _FIELDS = {
-    'model': (flags.DEFINE_enum, sorted(configs.MODELS), 'Model architecture.'),
+    'model': (flags.DEFINE_string, f'A built-in model ({", ".join(sorted(configs.MODELS))}), '
+              'package.module:factory (importable from the working directory or PYTHONPATH; '
+              'called as factory(input_shape=..., num_classes=...), returns a keras.Model '
+              'mapping [0, 1] images to logits) or the path of a .keras file.'),
+    'num_validation': (flags.DEFINE_integer, 'Validation images, taken from the front of the '
+                       'training set (default: 5000 for mnist / cifar10, 500 for mnist_5k, '
+                       'otherwise 10% of the training set up to 5000).'),
+    'input_range': (flags.DEFINE_list, 'lo,hi: the pixel range your model expects (e.g. 0,255); '
+                    'the trainer puts x -> lo + (hi - lo) x in front of it, so data, radii and '
+                    'the export stay in [0, 1]. Default 0,1.'),
     'hinge_maxeps': (common.define_radius, 'd_max: MMA maximises margins up to this radius. For '
                      'every objective, the validation margin search spans 1.05 d_max.'),
     'clean_loss_coeff': (flags.DEFINE_float, 'Weight of the clean CE (MMA 1/3, OMMA 0; MMA only).'),
@@ -54,7 +69,8 @@ _FIELDS = {
                        'replicas) instead of per replica (released code: per replica).'),
     'released_quirks': (flags.DEFINE_bool, "AN-PGD as released: last midpoint, x+eps*u "
                         'unclipped. False: smallest successful scale, clipped.'),
-    'pgd_eps': (common.define_radius, 'PGD-AT training radius (--objective=pgd_at only).'),
+    'pgd_eps': (common.define_radius, 'PGD-AT / TRADES training radius (those objectives only).'),
+    'trades_beta': (flags.DEFINE_float, 'TRADES: weight of the KL term (--objective=trades only).'),
     'test_eps': (common.define_radius, 'Validation PGD radius (and AN-PGD test start).'),
     'test_eps_iter': (common.define_radius, 'Validation PGD step size (absolute, in the unit of '
                       'the radii).'),
@@ -86,7 +102,8 @@ for _name, (_define, *_rest) in _FIELDS.items():
 def _overrides():
   out = {name: getattr(F, name) for name in _FIELDS}
   out['objective'] = F.objective
-  for name, cast in (('lr_boundaries', int), ('lr_values', float)):
+  for name, cast in (('lr_boundaries', int), ('lr_values', float),
+                     ('input_range', common.parse_radius)):
     if out[name] is not None:
       try:
         out[name] = tuple(cast(v) for v in out[name])
@@ -100,6 +117,7 @@ def main(argv):
   try:  # every flag and configuration error is reported before TensorFlow starts
     if len(argv) > 1:
       raise ValueError(f'unexpected arguments {argv[1:]}; flags are written --name=value.')
+    data_lib.describe_dataset_name(F.dataset)
     config = configs.resolve(F.dataset, F.norm, _overrides())
     config.validate()
   except ValueError as e:
@@ -114,7 +132,8 @@ def main(argv):
   try:
     trainer_lib.configure_process(config)  # op determinism and global seeds: process-wide
     strategy = trainer_lib.make_strategy(F.strategy)
-    model_dir = F.model_dir or os.path.join('runs', f'{F.dataset}-{F.norm}-{F.objective}')
+    dataset_tag = re.sub(r'[^A-Za-z0-9_.-]+', '_', F.dataset)
+    model_dir = F.model_dir or os.path.join('runs', f'{dataset_tag}-{F.norm}-{F.objective}')
     print(f'Training {config.objective} on {config.dataset} ({config.norm}, model '
           f'{config.model}, d_max {config.hinge_maxeps:g}) for {config.train_steps} steps on '
           f'{strategy.num_replicas_in_sync} replica(s); model_dir {model_dir}', flush=True)
@@ -122,11 +141,13 @@ def main(argv):
                                   log=lambda m: print(m, flush=True))
     summary = trainer.train()
   except (ValueError, data_lib.DataUnavailableError, trainer_lib.NonFiniteLossError) as e:
+    # A ValueError from the data pipeline's checks or a model's contract says what to fix.
     print(f'error: {e}', file=sys.stderr)
     return 2
   val = summary['validation']
-  print(f'Done: {summary["step"]} steps in {summary["seconds"]:.0f}s. Best validation average '
-        f'margin {summary["best_val_margin"]:.4f} at step {summary["best_step"]}; last '
+  print(f'Done: {summary["step"]} steps in {summary["seconds"]:.0f}s. Best validation '
+        f'{summary["selection_metric"]} {summary["best_val_value"]:.4f} at step '
+        f'{summary["best_step"]}; last '
         f'validation clean_acc {val.get("clean_acc", float("nan")):.4f} '
         f'pgd_acc@{config.test_eps:g} {val.get("pgd_acc", float("nan")):.4f}. '
         f'SavedModel: {summary["export"]}', flush=True)

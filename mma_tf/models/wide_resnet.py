@@ -7,7 +7,7 @@ and two replicas give different steps. `sync_batchnorm=True` (Keras 3
 `BatchNormalization(synchronized=True)`) all-reduces the batch moments, so the statistics are those
 of the global batch and the step matches one replica's. MMA's train-mode passes (the clean pass, the
 AN-PGD bisection forwards with --search_bn_mode=train, the final mixed pass) each update the moving
-statistics; see mma_tf/objectives.py::MMA.
+statistics; see mma_tf/objectives/mma.py::MMA.
 """
 import math
 

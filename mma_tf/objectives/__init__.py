@@ -1,0 +1,83 @@
+"""What a training step minimises. One contract for every objective; the trainer knows none by name.
+
+An objective runs inside one replica under the trainer's GradientTape and knows nothing about
+strategies, checkpoints or files. Called with (model, images, labels, eps0, seeds, stop_recording)
+it returns an `ObjectiveOutput`: the per-example loss (the trainer sums it over the global batch
+and divides by the global batch size), the per-example eps to remember (objectives with
+`uses_eps_memory`), and per-example statistics that the trainer sums across replicas and the
+objective turns into logged metrics with `summarize`. Attacks run inside `stop_recording()`, so
+their inner gradients are never recorded on the trainer's tape.
+
+A new objective is one file: subclass `Objective`, decorate it with `@register`, and import the
+module (or pass an instance to `Trainer(objective=...)`).
+"""
+import dataclasses
+from typing import Dict, Optional
+
+import tensorflow as tf
+
+from mma_tf.evaluation.common import is_correct
+
+OBJECTIVES = {}
+
+
+@dataclasses.dataclass
+class ObjectiveOutput:
+  loss: tf.Tensor                 # [B] per-example loss
+  eps: Optional[tf.Tensor]        # [B] eps to remember, or None (the memory is left alone)
+  stats: Dict[str, tf.Tensor]     # name -> [B] per-example values, summed over the global batch
+
+
+class Objective:
+  """Base class. Class attributes declare what the trainer needs to know:
+
+  name: the registry name (config.objective).
+  uses_eps_memory: the per-example eps table is read (eps0) and rewritten from `eps`.
+  selection_metric: the validation metric (of `Trainer.evaluate`: clean_acc, pgd_acc,
+    avg_margin) whose maximum picks the best checkpoint, the one exported.
+  """
+  name = None
+  uses_eps_memory = False
+  selection_metric = 'avg_margin'
+
+  def __init__(self, config):
+    self.config = config
+
+  def __call__(self, model, x, y, eps0, seeds, stop_recording):
+    raise NotImplementedError
+
+  def summarize(self, sums, count):
+    """Logged metrics from the summed statistics of `count` examples (default: their means)."""
+    return {k: v / count for k, v in sums.items()}
+
+
+def register(cls):
+  """Class decorator: makes the objective available as config.objective = cls.name."""
+  if not cls.name:
+    raise ValueError(f'{cls.__name__} needs a class attribute `name`.')
+  OBJECTIVES[cls.name] = cls
+  return cls
+
+
+def build_objective(config):
+  if config.objective not in OBJECTIVES:
+    raise ValueError(f'Unknown objective {config.objective!r}; choose one of {sorted(OBJECTIVES)}.')
+  return OBJECTIVES[config.objective](config)
+
+
+def predictor(model, training):
+  return lambda images: model(images, training=training)
+
+
+def compiled(attack, config):
+  """The attack XLA-compiled when --jit_compile (it holds no cross-replica ops, so it compiles
+  inside strategy.run); plain graph otherwise, which is faster on CPU (BUILD.md)."""
+  return tf.function(attack, jit_compile=True) if config.jit_compile else attack
+
+
+def correct(logits, y):
+  return tf.cast(is_correct(logits, y), tf.float32)
+
+
+# The built-in objectives register themselves on import.
+from mma_tf.objectives import mma, pgd_at, standard, trades  # noqa: E402,F401  pylint: disable=wrong-import-position

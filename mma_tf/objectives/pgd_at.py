@@ -1,0 +1,22 @@
+"""PGD adversarial training (Madry et al.), the baseline the MMA paper compares with."""
+from mma_tf import losses
+from mma_tf.attacks import pgd
+from mma_tf.objectives import Objective, ObjectiveOutput, compiled, correct, predictor, register
+
+
+@register
+class PGDAdversarial(Objective):
+  """Cross-entropy at a PGD point of fixed radius `pgd_eps` (attack in eval mode, step
+  eps_iter_scale * eps / nb_iter, random start). Best checkpoint by the validation average
+  margin, as for MMA, so the paper's comparisons select both the same way."""
+  name = 'pgd_at'
+
+  def __call__(self, model, x, y, eps0, seeds, stop_recording):
+    c = self.config
+    with stop_recording():
+      x_adv = compiled(pgd, c)(predictor(model, False), x, y, c.pgd_eps, norm=c.norm,
+                               nb_iter=c.nb_iter, rel_step_size=c.eps_iter_scale / c.nb_iter,
+                               loss='ce', rand_init=True, seed=seeds)
+    logits = model(x_adv, training=True)
+    ce = losses.cross_entropy(logits, y)
+    return ObjectiveOutput(ce, None, {'loss': ce, 'adv_correct': correct(logits, y)})

@@ -1,0 +1,197 @@
+"""What is trained: a model (built by a factory inside the strategy's scope), its data, an
+objective and the validation metrics. `trainer.Trainer` decides how the loop runs.
+
+Per step, `strategy.run` executes the objective on each replica inside one `tf.function` traced
+once; the summed per-example loss is divided by the global batch size. The per-example eps memory
+is a mirrored variable, read by gather in the replicas and rewritten in cross-replica context from
+the all-gathered (index, eps) pairs, so every replica and worker holds the same table. Data order
+and attack randomness are functions of (seed, step), so a run restored from a checkpoint repeats an
+uninterrupted one exactly (with op determinism, see `trainer.configure_process`).
+"""
+import keras
+import tensorflow as tf
+
+from mma_tf import data as data_lib
+from mma_tf import objectives as objectives_lib
+from mma_tf.attacks import example_seeds
+from mma_tf.evaluation.validation import validation_sums
+from mma_tf.models import user as user_models
+
+VALIDATION_METRICS = ('clean_acc', 'pgd_acc', 'avg_margin')
+
+
+class TorchSGD(keras.optimizers.Optimizer):
+  """PyTorch's SGD with momentum (dampening 0, no Nesterov): v = mu v + g; w -= lr v.
+
+  Keras' SGD keeps lr inside v instead (v = mu v - lr g), which differs from the released code
+  just after each learning-rate drop. Weight decay is not applied here: the task adds
+  0.5 * wd * ||w||^2 to the loss, so g already holds PyTorch's `g + wd * w`.
+  """
+
+  def __init__(self, learning_rate, momentum=0.9, name='torch_sgd', **kwargs):
+    super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+    self.momentum = momentum
+
+  def build(self, variables):
+    if self.built:
+      return
+    super().build(variables)
+    self._velocities = [self.add_variable_from_reference(v, 'velocity') for v in variables]
+
+  def update_step(self, gradient, variable, learning_rate):
+    velocity = self._velocities[self._get_variable_index(variable)]
+    gradient = tf.cast(gradient, variable.dtype)
+    self.assign(velocity, self.momentum * velocity + gradient)
+    self.assign_sub(variable, tf.cast(learning_rate, variable.dtype) * velocity)
+
+  def get_config(self):
+    return dict(super().get_config(), momentum=self.momentum)
+
+
+def learning_rate(config):
+  """A constant, or PyTorch's MultiStepLR stepped per iteration: the step numbered k (1-based)
+  uses lr_values[i] where i counts the boundaries b < k. Keras calls the schedule with the number
+  of steps already taken (k - 1)."""
+  if not config.lr_values:
+    return config.learning_rate
+  # PyTorch sets the new rate after `boundary` steps; Keras' schedule switches when
+  # iterations > boundary, i.e. one step later unless the boundary is shifted by one.
+  return keras.optimizers.schedules.PiecewiseConstantDecay(
+      [b - 1 for b in config.lr_boundaries], list(config.lr_values))
+
+
+def build_optimizer(config):
+  if config.optimizer == 'adam':
+    return keras.optimizers.Adam(learning_rate(config), epsilon=1e-8)  # PyTorch's eps
+  return TorchSGD(learning_rate(config), momentum=config.momentum)
+
+
+class Task:
+  """Model, data, objective and validation for `config`, built under `strategy`.
+
+  model: None (config.model: a built-in name, package.module:factory or a .keras file), a
+    factory (input_shape, num_classes) -> keras.Model, or a keras.Model built inside
+    `strategy.scope()`. A factory is preferred: it is called inside the scope, and again to
+    build the float32 copy that is exported.
+  data: a `data.Source` (None: `data.load(config.dataset)`).
+  objective: an `objectives.Objective` (None: the registered `config.objective`).
+  """
+
+  def __init__(self, config, strategy, data=None, model=None, objective=None, tfds_data_dir=None):
+    self.config, self.strategy = config, strategy
+    self.data = data or data_lib.load(config.dataset, tfds_data_dir,
+                                      num_validation=config.num_validation)
+    if config.num_validation is not None and config.num_validation != self.data.num_validation:
+      raise ValueError(f'config.num_validation is {config.num_validation} but the data source '
+                       f'holds out {self.data.num_validation}; build the source with the same.')
+    self.objective = objective or objectives_lib.build_objective(config)
+    if isinstance(model, keras.Model):
+      self.model_fn, instance = None, model
+    else:
+      self.model_fn = model or user_models.model_factory(config.model, config.seed,
+                                                         config.sync_batchnorm)
+      instance = None
+    shape, classes = self.data.image_shape, self.data.num_classes
+    with strategy.scope():
+      self.model = instance if instance is not None else self.new_model()
+      user_models.check_classifier(self.model, shape, classes, strategy)
+      self.optimizer = build_optimizer(config)
+      self.optimizer.build(self.model.trainable_variables)
+      self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
+      self.eps_memory = tf.Variable(tf.zeros([self.data.num_train_total]), trainable=False,
+                                    name='eps_memory')
+    # Neither step is compiled around strategy.run: XLA compiles for one device, so with
+    # --jit_compile only what runs inside a replica is compiled (the attacks in the training step,
+    # objectives.compiled; the whole replica function in validation).
+    self.train_step = tf.function(self._train_step_fn, jit_compile=False)
+    self.eval_step = tf.function(self._eval_step_fn, jit_compile=False)
+
+  def new_model(self):
+    """A new model from the factory, behind the declared input range."""
+    if self.model_fn is None:
+      raise ValueError('This task was given a model instance, not a factory; it cannot build '
+                       'another.')
+    model = self.model_fn(tuple(self.data.image_shape), self.data.num_classes)
+    model = user_models.with_input_range(model, self.data.image_shape, self.config.input_range)
+    model(tf.zeros([1, *self.data.image_shape]), training=False)  # a subclassed model builds
+    return model
+
+  def checkpoint_items(self):
+    return {'model': self.model, 'optimizer': self.optimizer, 'step': self.step,
+            'eps_memory': self.eps_memory}
+
+  def train_batches(self, epoch, start_batch=0):
+    """The distributed training batches of `epoch` from batch `start_batch` on."""
+    c = self.config
+    return self.strategy.distribute_datasets_from_function(
+        lambda ctx: data_lib.train_dataset(self.data, c.batch_size, c.seed, epoch, start_batch,
+                                           ctx))
+
+  # ------------------------------------------------------------------------------ steps
+  def _train_step_fn(self, iterator):
+    config, objective, model = self.config, self.objective, self.model
+    global_batch = tf.cast(config.batch_size, tf.float32)
+    batch = next(iterator)
+
+    def replica_step(batch):
+      x, y, index = batch['image'], batch['label'], batch['index']
+      eps0 = tf.gather(self.eps_memory, index)
+      seeds = example_seeds(tf.stack([tf.cast(config.seed, tf.int64), self.step]), index)
+      with tf.GradientTape() as tape:
+        out = objective(model, x, y, eps0, seeds, tape.stop_recording)
+        loss = tf.reduce_sum(out.loss) / global_batch
+        total = loss
+        if config.weight_decay:
+          l2 = tf.add_n([tf.reduce_sum(tf.square(v)) for v in model.trainable_variables])
+          total += 0.5 * config.weight_decay * l2 / self.strategy.num_replicas_in_sync
+      grads = tape.gradient(total, model.trainable_variables)
+      self.optimizer.apply_gradients(zip(grads, model.trainable_variables))
+      sums = {k: tf.reduce_sum(v) for k, v in out.stats.items()}
+      if objective.uses_eps_memory:
+        return loss, sums, index, out.eps
+      return loss, sums
+
+    results = self.strategy.run(replica_step, args=(batch,))
+    reduce = lambda v: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+    out = {k: reduce(v) for k, v in results[1].items()}
+    out['total_loss'] = reduce(results[0])
+    if objective.uses_eps_memory:
+      index = self.strategy.gather(results[2], axis=0)
+      eps = self.strategy.gather(results[3], axis=0)
+      self.eps_memory.assign(tf.tensor_scatter_nd_update(self.eps_memory, index[:, None], eps))
+      out['eps'] = eps
+    self.step.assign_add(1)
+    return out
+
+  def _eval_step_fn(self, batch):
+    config = self.config
+
+    def replica_sums(batch):
+      predict = lambda images: self.model(images, training=False)
+      return validation_sums(predict, batch['image'], batch['label'], batch['index'],
+                             batch['weight'], config)
+
+    def replica_eval(batch):
+      # No cross-replica op inside, so the replica's whole work compiles. A new tf.function per
+      # replica (as objectives.compiled): one shared trace would capture replica 0's variables.
+      if config.jit_compile:
+        return tf.function(replica_sums, jit_compile=True)(batch)
+      return replica_sums(batch)
+
+    sums = self.strategy.run(replica_eval, args=(batch,))
+    return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+            for k, v in sums.items()}
+
+  def validate(self, split='validation'):
+    """Clean and PGD (test_eps) accuracy and the average AN-PGD margin on a split."""
+    images, labels, indices = self.data.eval_split(split)
+    dataset = self.strategy.distribute_datasets_from_function(
+        lambda ctx: data_lib.eval_dataset(images, labels, indices, self.config.eval_batch_size,
+                                          ctx))
+    totals = {}
+    for batch in dataset:
+      for k, v in self.eval_step(batch).items():
+        totals[k] = totals.get(k, 0.0) + float(v)
+    n = max(totals.get('count', 0.0), 1.0)
+    return {'clean_acc': totals['clean_correct'] / n, 'pgd_acc': totals['pgd_correct'] / n,
+            'avg_margin': totals['margin'] / n}
