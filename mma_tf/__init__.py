@@ -1,7 +1,7 @@
 """mma_tf: Max-Margin Adversarial (MMA) training for TensorFlow / Keras (Ding et al., ICLR 2020).
 
 The Python API (README, "Your own model and data"):
-  mma_tf.preset(dataset, norm, **overrides)  the paper's settings (configs.resolve)
+  mma_tf.preset(dataset, norm, **overrides)  the paper's settings for (dataset, norm)
   mma_tf.data.from_arrays / from_dataset / from_tfds / from_npz / load   data sources
   mma_tf.Trainer(config, model_dir, strategy, data=..., model=factory).train()
   mma_tf.configure_process(config)           op determinism and global seeds (optional)
@@ -14,7 +14,7 @@ __version__ = '0.1.0'
 _LAZY = {'Trainer': ('mma_tf.trainer', 'Trainer'),
          'configure_process': ('mma_tf.trainer', 'configure_process'),
          'make_strategy': ('mma_tf.trainer', 'make_strategy'),
-         'preset': ('mma_tf.configs', 'resolve'),
+         'preset': ('mma_tf.configs', 'preset'),
          'TrainConfig': ('mma_tf.configs', 'TrainConfig'),
          'Objective': ('mma_tf.objectives', 'Objective'),
          'ObjectiveOutput': ('mma_tf.objectives', 'ObjectiveOutput'),

@@ -282,6 +282,11 @@ def resume_conflicts(saved, config):
   return out
 
 
+def preset(dataset='mnist_5k', norm='Linf', **overrides):
+  """`resolve` with keyword overrides: mma_tf.preset('cifar10', 'Linf', train_steps=1000)."""
+  return resolve(dataset, norm, overrides)
+
+
 def resolve(dataset='mnist_5k', norm='Linf', overrides: Optional[dict] = None):
   """The preset for (dataset, norm) with `overrides` (None values ignored) applied.
 

@@ -15,6 +15,7 @@ non-chief worker writes to a scratch directory that is deleted right after each 
 restores from the chief's checkpoint, so a crash between the chief's save and a worker's cannot
 leave the workers on different steps. The model_dir must be on storage all workers can read.
 """
+import dataclasses
 import json
 import os
 import re
@@ -94,12 +95,17 @@ class Trainer:
 
   def __init__(self, config, model_dir, strategy=None, data=None, model=None, objective=None,
                tfds_data_dir=None, log=print):
-    self.config = config
-    self.model_dir = model_dir
     self.strategy = strategy or tf.distribute.get_strategy()
-    self.log = log
     known = tuple(objectives_lib.OBJECTIVES) + ((objective.name,) if objective else ())
     config.validate(self.strategy.num_replicas_in_sync, objectives=known)
+    # config.json names what was really trained: your data source and Python model, if given.
+    if data is not None:
+      config = dataclasses.replace(config, dataset=data.name)
+    if model is not None:
+      config = dataclasses.replace(config, model=f'python:{_python_name(model)}')
+    self.config = config
+    self.model_dir = model_dir
+    self.log = log
     self.is_chief = is_chief(self.strategy)
     if config.deterministic and not _op_determinism_enabled():
       raise ValueError('config.deterministic is set but TF op determinism is off in this process; '
@@ -323,6 +329,14 @@ class Trainer:
   def _cleanup_worker_dirs(self):
     if not self.is_chief:
       shutil.rmtree(os.path.dirname(self._write_dir('ckpt')), ignore_errors=True)
+
+
+def _python_name(model):
+  """How config.json names a model passed in Python: its factory's module:qualname, or the
+  instance's class and name."""
+  if isinstance(model, keras.Model):
+    return f'{type(model).__module__}:{type(model).__qualname__}({model.name})'
+  return f'{getattr(model, "__module__", "?")}:{getattr(model, "__qualname__", repr(model))}'
 
 
 def _saved_model_weight_count(path):

@@ -78,7 +78,7 @@ def import_object(ref):
 
 def model_identity(spec):
   """What identifies the model's source in config.json: a .keras file's content hash."""
-  if configs.model_source_kind(spec) != 'keras_file' or not os.path.isfile(spec):
+  if not (spec.endswith('.keras') and os.path.isfile(spec)):
     return {'model': spec}
   with open(spec, 'rb') as f:
     return {'model': spec, 'keras_file_sha256': hashlib.sha256(f.read()).hexdigest()[:16]}
