@@ -187,6 +187,12 @@ def test_importing_the_cli_and_config_modules_does_not_import_tensorflow():
     (['--lr_values=0.1,x', '--lr_boundaries=5'], '--lr_values must be a comma-separated list'),
     (['--no_such_flag=1'], "Unknown command line flag 'no_such_flag'"),
     (['stray'], "unexpected arguments ['stray']"),
+    (['--model=resnet'], "Unknown model 'resnet'; choose one of"),
+    (['--dataset=imagenet'], "Unknown dataset 'imagenet'; choose one of"),
+    (['--num_validation=0'], '--num_validation must be >= 1'),
+    (['--input_range=255,0'], '--input_range must be two numbers lo,hi with lo < hi'),
+    (['--model=my_nets:build', '--sync_batchnorm'], 'BatchNormalization(synchronized=True)'),
+    (['--objective=trades', '--trades_beta=-1'], '--trades_beta must be >= 0'),
 ])
 def test_bad_flags_exit_2_with_one_clear_line_before_tensorflow(flags, message, tmp_path):
   # TF and Keras cannot be imported in the child: an error that needed them would show as a
