@@ -20,7 +20,10 @@ setup(
     # TensorFlow comes through an extra: `tensorflow` and `tensorflow-cpu` are different pip
     # distributions, so requiring either one here would pull it next to the other.
     install_requires=[
-        'tensorflow-datasets>=4.9',  # MNIST / CIFAR-10 of the paper's presets
+        'tensorflow-datasets>=4.9',  # MNIST / CIFAR-10 of the paper's presets, tfds:NAME
+        # tensorflow-datasets 4.9.10 imports it to download and prepare a dataset but does not
+        # declare it: without it `download_and_prepare()` fails with ModuleNotFoundError.
+        'importlib_resources',
         'keras>=3.0',
         'numpy',
         'absl-py',      # flags of mma-train / mma-evaluate

@@ -69,7 +69,7 @@ def _points():
   n = FLAGS.num_examples
   if not 0 < n <= len(labels):
     raise app.UsageError(f'--num_examples must lie in [1, {len(labels)}]; got {n}.')
-  return images[:n].astype(np.float32) / 255.0, labels[:n].astype(np.int64)
+  return images[:n].astype(np.float32), labels[:n].astype(np.int64)  # already in [0, 1]
 
 
 def _tf_logits(predict, x):

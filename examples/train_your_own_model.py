@@ -45,7 +45,7 @@ def main():
   parser.add_argument('--cpu_replicas', type=int, default=0,
                       help='Split the CPU into this many logical devices (no GPUs needed).')
   parser.add_argument('--quick', action='store_true',
-                      help='Tiny attack budgets: a smoke test of the whole path, not an evaluation.')
+                      help='Tiny attack budgets: a smoke test of the path, not an evaluation.')
   args = parser.parse_args()
   if args.cpu_replicas:
     cpu, = tf.config.list_physical_devices('CPU')

@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 OBJECTIVES = ('mma', 'omma', 'pgd_at', 'trades', 'standard')  # built in (mma_tf.objectives)
 MMA_OBJECTIVES = ('mma', 'omma')
 FIXED_RADIUS_OBJECTIVES = ('pgd_at', 'trades')  # train at --pgd_eps
+PRECISIONS = ('float32', 'mixed_float16', 'mixed_bfloat16')  # mma_tf.precision.POLICIES
 
 # The registered models (mma_tf.models.MODELS, checked by a test) and whether they hold
 # BatchNorm; listed here so that flags can be checked without importing Keras.
@@ -81,6 +82,8 @@ class TrainConfig:
   checkpoint_every: int = dataclasses.field(default=500, metadata=_RESUMABLE)
   log_every: int = dataclasses.field(default=50, metadata=_RESUMABLE)
   jit_compile: bool = dataclasses.field(default=False, metadata=_RESUMABLE)
+  steps_per_loop: int = dataclasses.field(default=1, metadata=_RESUMABLE)
+  mixed_precision: str = 'float32'    # or 'mixed_float16', 'mixed_bfloat16' (compute dtype)
   deterministic: bool = dataclasses.field(default=False, metadata=_RESUMABLE)
 
   @property
@@ -140,8 +143,10 @@ class TrainConfig:
     need(list(self.lr_boundaries) == sorted(set(self.lr_boundaries))
          and all(b >= 1 for b in self.lr_boundaries),
          f'--lr_boundaries must be increasing steps >= 1; got {list(self.lr_boundaries)}.')
+    need(self.mixed_precision in PRECISIONS,
+         f'--mixed_precision must be one of {PRECISIONS}; got {self.mixed_precision!r}.')
     for name in ('nb_iter', 'num_search_steps', 'batch_size', 'train_steps', 'eval_batch_size',
-                 'checkpoint_every', 'log_every'):
+                 'checkpoint_every', 'log_every', 'steps_per_loop'):
       need(getattr(self, name) >= 1, f'--{name} must be >= 1; got {getattr(self, name)}.')
     for name in ('batch_size', 'eval_batch_size'):
       need(getattr(self, name) % num_replicas == 0,

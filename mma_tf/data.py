@@ -186,7 +186,8 @@ def from_npz(path, num_validation=None, augment=None):
     with np.load(path, allow_pickle=False) as archive:
       arrays = {k: archive[k] for k in archive.files}
   except Exception as e:  # zipfile / pickle / format errors
-    raise ValueError(f'npz:{path} is not a readable NumPy archive ({type(e).__name__}: {e}).') from e
+    raise ValueError(f'npz:{path} is not a readable NumPy archive '
+                     f'({type(e).__name__}: {e}).') from e
   missing = {'x_train', 'y_train'} - set(arrays)
   if missing or (('x_test' in arrays) != ('y_test' in arrays)):
     raise ValueError(f'npz:{path} has arrays {sorted(arrays)}; it needs x_train and y_train, '
@@ -265,7 +266,8 @@ class StreamSource(Source):
       raise ValueError(f'{name}: images must have a fixed shape [H, W, C]; got {spec.shape}. '
                        'Resize them in the dataset (tf.image.resize) first.')
     if not (spec.dtype == tf.uint8 or spec.dtype.is_floating):
-      raise ValueError(f'{name}: images must be uint8 (0-255) or float in [0, 1]; got {spec.dtype}.')
+      raise ValueError(f'{name}: images must be uint8 (0-255) or float in [0, 1]; got '
+                       f'{spec.dtype}.')
     self.name, self.image_shape = name, tuple(spec.shape.as_list())
     self.pixels = 'uint8' if spec.dtype == tf.uint8 else 'float'
     self.num_classes = int(num_classes)
@@ -353,8 +355,8 @@ def _pairs(ds, split):
   if isinstance(spec, dict) and {'image', 'label'} <= set(spec):
     ds = ds.map(lambda e: (e['image'], e['label']))
   elif not (isinstance(spec, tuple) and len(spec) == 2):
-    raise ValueError(f'{split}: elements must be (image, label) or {{"image", "label"}}, unbatched; '
-                     f'got {spec}.')
+    raise ValueError(f'{split}: elements must be (image, label) or {{"image", "label"}}, '
+                     f'unbatched; got {spec}.')
   if ds.element_spec[0].shape.rank == 4:
     raise ValueError(f'{split}: the dataset is batched; pass it unbatched (the trainer batches).')
   return ds

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from mma_tf import data as data_lib
 from mma_tf import objectives as objectives_lib
+from mma_tf import precision
 from mma_tf.attacks import example_seeds
 from mma_tf.evaluation.validation import validation_sums
 from mma_tf.models import user as user_models
@@ -62,8 +63,14 @@ def learning_rate(config):
 
 def build_optimizer(config):
   if config.optimizer == 'adam':
-    return keras.optimizers.Adam(learning_rate(config), epsilon=1e-8)  # PyTorch's eps
-  return TorchSGD(learning_rate(config), momentum=config.momentum)
+    optimizer = keras.optimizers.Adam(learning_rate(config), epsilon=1e-8)  # PyTorch's eps
+  else:
+    optimizer = TorchSGD(learning_rate(config), momentum=config.momentum)
+  if config.mixed_precision == 'mixed_float16':
+    # Scales the loss, unscales the gradients, skips a step with non-finite gradients and adapts
+    # the scale; its state is part of the optimizer's, so checkpoints keep it.
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer
 
 
 class Task:
@@ -79,6 +86,10 @@ class Task:
 
   def __init__(self, config, strategy, data=None, model=None, objective=None, tfds_data_dir=None):
     self.config, self.strategy = config, strategy
+    # The default (no-op) strategy: the optimizer update then has no cross-replica op. (Inside a
+    # strategy's scope get_strategy() is that strategy: has_strategy() rules that case out.)
+    self._default_strategy = (not tf.distribute.has_strategy()
+                              and strategy is tf.distribute.get_strategy())
     self.data = data or data_lib.load(config.dataset, tfds_data_dir,
                                       num_validation=config.num_validation)
     if config.num_validation is not None and config.num_validation != self.data.num_validation:
@@ -86,6 +97,9 @@ class Task:
                        f'holds out {self.data.num_validation}; build the source with the same.')
     self.objective = objective or objectives_lib.build_objective(config)
     if isinstance(model, keras.Model):
+      if config.mixed_precision != 'float32':
+        raise ValueError(f'--mixed_precision={config.mixed_precision} sets the dtype policy while '
+                         'the model is built; pass a factory instead of a built model.')
       self.model_fn, instance = None, model
     else:
       self.model_fn = model or user_models.model_factory(config.model, config.seed,
@@ -93,17 +107,23 @@ class Task:
       instance = None
     shape, classes = self.data.image_shape, self.data.num_classes
     with strategy.scope():
-      self.model = instance if instance is not None else self.new_model()
+      if instance is None:
+        with precision.dtype_policy(config.mixed_precision):
+          instance = self.new_model()
+      self.model = instance
       user_models.check_classifier(self.model, shape, classes, strategy)
       self.optimizer = build_optimizer(config)
       self.optimizer.build(self.model.trainable_variables)
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
       self.eps_memory = tf.Variable(tf.zeros([self.data.num_train_total]), trainable=False,
                                     name='eps_memory')
-    # Neither step is compiled around strategy.run: XLA compiles for one device, so with
-    # --jit_compile only what runs inside a replica is compiled (the attacks in the training step,
-    # objectives.compiled; the whole replica function in validation).
+    self.loss_scaling = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+    if self.loss_scaling:
+      self.objective.attack_loss_scale = self._attack_loss_scale
+    # Nothing is compiled around strategy.run: XLA compiles for one device, so with
+    # --jit_compile only what runs inside a replica is compiled (see _replica_step).
     self.train_step = tf.function(self._train_step_fn, jit_compile=False)
+    self.train_loop = tf.function(self._train_loop_fn, jit_compile=False)
     self.eval_step = tf.function(self._eval_step_fn, jit_compile=False)
 
   def new_model(self):
@@ -115,6 +135,11 @@ class Task:
     model = user_models.with_input_range(model, self.data.image_shape, self.config.input_range)
     model(tf.zeros([1, *self.data.image_shape]), training=False)  # a subclassed model builds
     return model
+
+  def _attack_loss_scale(self):
+    """The attacks' loss scale: the optimizer's dynamic scale per example of the global batch,
+    so an example's gradient through the model is scaled as in the weight pass (a mean loss)."""
+    return tf.cast(self.optimizer.dynamic_scale, tf.float32) / self.config.batch_size
 
   def checkpoint_items(self):
     return {'model': self.model, 'optimizer': self.optimizer, 'step': self.step,
@@ -128,46 +153,90 @@ class Task:
                                            ctx))
 
   # ------------------------------------------------------------------------------ steps
-  def _train_step_fn(self, iterator):
-    config, objective, model = self.config, self.objective, self.model
-    global_batch = tf.cast(config.batch_size, tf.float32)
+  def _replica_gradients(self, batch, eps0, seeds):
+    """The objective and its weight gradients on one replica's batch."""
+    config, model = self.config, self.model
+    with tf.GradientTape() as tape:
+      out = self.objective(model, batch['image'], batch['label'], eps0, seeds,
+                           tape.stop_recording)
+      loss = tf.reduce_sum(out.loss) / tf.cast(config.batch_size, tf.float32)
+      total = loss
+      if config.weight_decay:
+        l2 = tf.add_n([tf.reduce_sum(tf.square(v)) for v in model.trainable_variables])
+        total += 0.5 * config.weight_decay * l2 / self.strategy.num_replicas_in_sync
+      if self.loss_scaling:
+        total = self.optimizer.scale_loss(total)
+    grads = tape.gradient(total, model.trainable_variables)
+    sums = {k: tf.reduce_sum(v) for k, v in out.stats.items()}
+    eps = out.eps if self.objective.uses_eps_memory else tf.zeros_like(eps0)
+    return loss, sums, eps, grads
+
+  def _replica_step(self, batch):
+    index = batch['index']
+    eps0 = tf.gather(self.eps_memory, index)
+    seeds = example_seeds(tf.stack([tf.cast(self.config.seed, tf.int64), self.step]), index)
+    grads_fn = self._replica_gradients
+    if self.config.jit_compile and self._default_strategy:
+      # One device: XLA compiles the whole step (attack, both weight passes, optimizer update).
+      def whole(batch, eps0, seeds):
+        loss, sums, eps, grads = grads_fn(batch, eps0, seeds)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        return loss, sums, eps
+      loss, sums, eps = tf.function(whole, jit_compile=True)(batch, eps0, seeds)
+      return loss, sums, index, eps
+    if self.config.jit_compile:
+      # Under a distribution strategy the gradient all-reduce in apply_gradients is a
+      # cross-replica op, so
+      # XLA compiles everything before it, per replica (a new tf.function per replica: one
+      # shared trace would capture replica 0's variables).
+      grads_fn = tf.function(grads_fn, jit_compile=True)
+    loss, sums, eps, grads = grads_fn(batch, eps0, seeds)
+    self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+    return loss, sums, index, eps
+
+  def _one_step(self, iterator):
+    """One training step in cross-replica context: {stat sums, total_loss, eps}."""
     batch = next(iterator)
-
-    def replica_step(batch):
-      x, y, index = batch['image'], batch['label'], batch['index']
-      eps0 = tf.gather(self.eps_memory, index)
-      seeds = example_seeds(tf.stack([tf.cast(config.seed, tf.int64), self.step]), index)
-      with tf.GradientTape() as tape:
-        out = objective(model, x, y, eps0, seeds, tape.stop_recording)
-        loss = tf.reduce_sum(out.loss) / global_batch
-        total = loss
-        if config.weight_decay:
-          l2 = tf.add_n([tf.reduce_sum(tf.square(v)) for v in model.trainable_variables])
-          total += 0.5 * config.weight_decay * l2 / self.strategy.num_replicas_in_sync
-      grads = tape.gradient(total, model.trainable_variables)
-      self.optimizer.apply_gradients(zip(grads, model.trainable_variables))
-      sums = {k: tf.reduce_sum(v) for k, v in out.stats.items()}
-      if objective.uses_eps_memory:
-        return loss, sums, index, out.eps
-      return loss, sums
-
-    results = self.strategy.run(replica_step, args=(batch,))
+    loss, sums, index, eps = self.strategy.run(self._replica_step, args=(batch,))
     reduce = lambda v: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-    out = {k: reduce(v) for k, v in results[1].items()}
-    out['total_loss'] = reduce(results[0])
-    if objective.uses_eps_memory:
-      index = self.strategy.gather(results[2], axis=0)
-      eps = self.strategy.gather(results[3], axis=0)
+    out = {k: reduce(v) for k, v in sums.items()}
+    out['total_loss'] = reduce(loss)
+    if self.objective.uses_eps_memory:
+      index = self.strategy.gather(index, axis=0)
+      eps = self.strategy.gather(eps, axis=0)
       self.eps_memory.assign(tf.tensor_scatter_nd_update(self.eps_memory, index[:, None], eps))
       out['eps'] = eps
     self.step.assign_add(1)
     return out
 
+  def _train_step_fn(self, iterator):
+    return self._one_step(iterator)
+
+  def _train_loop_fn(self, iterator, num_steps):
+    """num_steps (>= 1) steps in one call: statistics summed on the device, and the first
+    non-finite loss's step number (-1 if none), so the host syncs once per loop."""
+    first = self._one_step(iterator)
+    last_eps = first.pop('eps', None)
+    sums = first
+    bad = tf.where(tf.math.is_finite(first['total_loss']), tf.constant(-1, tf.int64), self.step)
+    for _ in tf.range(1, num_steps):
+      out = self._one_step(iterator)
+      if last_eps is not None:
+        last_eps = out.pop('eps')
+      sums = {k: sums[k] + out[k] for k in sums}
+      bad = tf.where((bad < 0) & ~tf.math.is_finite(out['total_loss']), self.step, bad)
+    result = dict(sums, first_non_finite_step=bad)
+    if last_eps is not None:
+      result['eps'] = last_eps
+    return result
+
   def _eval_step_fn(self, batch):
     config = self.config
 
     def replica_sums(batch):
-      predict = lambda images: self.model(images, training=False)
+      # Validation attacks the live model as the training attacks do (float32 logits, loss
+      # scaling under float16).
+      predict = self.objective.attack_predictor(self.model, False)
       return validation_sums(predict, batch['image'], batch['label'], batch['index'],
                              batch['weight'], config)
 

@@ -31,6 +31,7 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2
 from mma_tf import configs
 from mma_tf import export as export_lib
 from mma_tf import objectives as objectives_lib
+from mma_tf import precision
 from mma_tf.models import user as user_models
 from mma_tf.task import TorchSGD, Task, build_optimizer, learning_rate  # noqa: F401 (public)
 
@@ -110,6 +111,8 @@ class Trainer:
     if config.deterministic and not _op_determinism_enabled():
       raise ValueError('config.deterministic is set but TF op determinism is off in this process; '
                        'call mma_tf.trainer.configure_process(config) first (the CLI does).')
+    if config.mixed_precision == 'mixed_bfloat16' and precision.bfloat16_warning():
+      log(f'warning: {precision.bfloat16_warning()}')
     self.task = Task(config, self.strategy, data, model, objective, tfds_data_dir)
     data = self.task.data
     self.steps_per_epoch = data.steps_per_epoch(config.batch_size)
@@ -152,7 +155,8 @@ class Trainer:
         with open(path) as f:
           saved = json.load(f)
       except (OSError, ValueError) as e:
-        raise ValueError(f'{path} is unreadable ({e}); restore it, or use a new --model_dir.') from e
+        raise ValueError(f'{path} is unreadable ({e}); restore it, or use a new '
+                         '--model_dir.') from e
       # Resuming with other settings would mix two runs in one directory; fields marked
       # resumable (loop length, cadence) may change, and fields added by a later version resume
       # at their default (configs.resume_conflicts). Runs written before config.json recorded the
@@ -240,33 +244,38 @@ class Trainer:
     return summary
 
   def _train_epoch(self, epoch, start_batch, step, epoch_end, writer, t0, start):
-    """Steps from `step` to `epoch_end` of `epoch`; logs and checkpoints on the way."""
+    """Steps from `step` to `epoch_end` of `epoch` in loops of up to steps_per_loop steps (one
+    host sync each), ending at every log, checkpoint and epoch boundary."""
+    c = self.config
+    until = lambda every: every - step % every  # steps to the next multiple of `every`
     iterator = iter(self.task.train_batches(epoch, start_batch))
     window = {}
     while step < epoch_end:
+      n = min(c.steps_per_loop, epoch_end - step, until(c.log_every), until(c.checkpoint_every))
       try:
-        out = self.task.train_step(iterator)
+        out = self.task.train_loop(iterator, tf.constant(n, tf.int64))
       except tf.errors.InvalidArgumentError as e:  # the data pipeline's checks (data.py)
         failed = re.search(r'assertion failed: \[(.*?)\]', e.message)
-        raise ValueError(f'Bad training data at step {step + 1}: '
+        raise ValueError(f'Bad training data in steps {step + 1}-{step + n}: '
                          f'{failed.group(1) if failed else e.message.strip()[:500]}. Nothing was '
                          'saved after the last checkpoint.') from e
-      step += 1
-      loss = float(out['total_loss'])
-      if not np.isfinite(loss):
+      first, step = step + 1, step + n
+      bad = int(out.pop('first_non_finite_step'))
+      if bad >= 0:
         latest = self._latest_chief_checkpoint()
+        loop = f' (in the loop of steps {first}-{step})' if n > 1 else ''
         raise NonFiniteLossError(
-            f'Non-finite loss ({loss}) at step {step}. Nothing was saved after it; the last '
-            f'good checkpoint is {latest or "none (no checkpoint yet)"}. Lower the learning '
-            'rate or check the data; re-running resumes from that checkpoint.')
+            f'Non-finite loss at step {bad}{loop}. Nothing was saved after it; the last good '
+            f'checkpoint is {latest or "none (no checkpoint yet)"}. Lower the learning rate or '
+            'check the data; re-running resumes from that checkpoint.')
+      eps = out.pop('eps', None)
       for k, v in out.items():
-        if k != 'eps':
-          window[k] = window.get(k, 0.0) + float(v)
-      window['examples'] = window.get('examples', 0) + self.config.batch_size
-      if step % self.config.log_every == 0 or step == epoch_end:
-        self._log_train(writer, step, window, out.get('eps'), t0, start)
+        window[k] = window.get(k, 0.0) + float(v)
+      window['examples'] = window.get('examples', 0) + c.batch_size * n
+      if step % c.log_every == 0 or step == epoch_end:
+        self._log_train(writer, step, window, eps, t0, start)
         window = {}
-      if step % self.config.checkpoint_every == 0 and step != epoch_end:
+      if step % c.checkpoint_every == 0 and step != epoch_end:
         self._save(self.manager, step)
     return step
 

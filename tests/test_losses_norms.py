@@ -80,3 +80,25 @@ def test_projection_order_follows_the_released_code():
 def test_unknown_norm_is_a_value_error():
   with pytest.raises(ValueError, match='Unknown norm'):
     norms.get_norm('L1')
+
+
+def test_vectorised_philox_draws_tf_stateless_numbers_for_every_seed():
+  seeds = tf.constant([[0, 0], [1, 2], [-5, 123456789012345], [2**62, -1], [7, 2**40 + 3]],
+                      tf.int64)
+  for count in (1, 5, 784):
+    expected = np.stack([tf.random.stateless_uniform([count], s, None, None, tf.uint32,
+                                                     alg='philox').numpy() for s in seeds])
+    np.testing.assert_array_equal(norms.philox_bits(seeds, count), expected.astype(np.int64))
+  xla = tf.function(lambda s: norms.philox_bits(s, 784), jit_compile=True)(seeds)
+  np.testing.assert_array_equal(xla, expected.astype(np.int64))
+  like = tf.zeros([5, 4, 7, 3])
+  draws = {}
+  for vectorised in (False, True):
+    norms.VECTORISED_RNG = vectorised
+    try:
+      draws[vectorised] = (norms.uniform_per_example(seeds, like, -1.0, 1.0).numpy(),
+                           norms.normal_per_example(seeds, like).numpy())
+    finally:
+      norms.VECTORISED_RNG = None
+  for a, b in zip(draws[False], draws[True]):
+    np.testing.assert_array_equal(a, b)

@@ -17,7 +17,6 @@ import pytest
 import tensorflow as tf
 
 from helpers import tiny_config, tiny_data
-from mma_tf import data as data_lib
 from mma_tf import export as export_lib
 from mma_tf import models
 from mma_tf import trainer as trainer_lib
@@ -49,13 +48,9 @@ def _weights(trainer):
 
 def _steps(trainer, n, epochs=1):
   """Runs n training steps of each of the first `epochs` epochs; returns the step outputs."""
-  config = trainer.config
   outputs = []
   for epoch in range(epochs):
-    dataset = trainer.strategy.distribute_datasets_from_function(
-        lambda ctx: data_lib.train_dataset(trainer.task.data, config.batch_size, config.seed, epoch, 0,
-                                           ctx))
-    iterator = iter(dataset)
+    iterator = iter(trainer.task.train_batches(epoch))
     outputs += [trainer.task.train_step(iterator) for _ in range(n)]
   return outputs
 
@@ -85,7 +80,8 @@ def test_mirrored_step_equals_one_device(data, tmp_path, two_cpu_strategy):
   lr = config.learning_rate
   for a, b in zip(_weights(one), _weights(mirrored)):
     np.testing.assert_allclose(a, b, atol=lr * 1e-5)
-  np.testing.assert_allclose(one.task.eps_memory.numpy(), mirrored.task.eps_memory.numpy(), atol=1e-5)
+  np.testing.assert_allclose(one.task.eps_memory.numpy(), mirrored.task.eps_memory.numpy(),
+                             atol=1e-5)
   assert np.count_nonzero(one.task.eps_memory.numpy()) > 16  # the memory was written
 
 
@@ -122,7 +118,7 @@ def test_training_raises_the_margin_and_exports_a_differentiable_savedmodel(data
   before = trainer.evaluate('validation')
   summary = trainer.train()
   after = summary['validation']
-  assert trainer.task.train_step.experimental_get_tracing_count() == 1  # 3 epochs, one trace
+  assert trainer.task.train_loop.experimental_get_tracing_count() == 1  # 3 epochs, one trace
   assert after['avg_margin'] > before['avg_margin'] + 0.05, (before, after)
   assert after['clean_acc'] > 0.6
   assert summary['best_step'] > 0 and summary['best_val_margin'] == pytest.approx(
@@ -270,7 +266,7 @@ def test_config_rejects_batch_not_divisible_by_replicas():
     (['--attack_mineps=0.5', '--hinge_maxeps=0.3'], 'must not exceed --hinge_maxeps'),
     (['--test_eps=8'], 'beyond the [0, 1] image box'),
     (['--model_dir=/proc/mma_tf_cannot_write_here'], 'is not writable'),
-    (['--dataset=imagenet'], "value should be one of"),
+    (['--dataset=imagenet'], "Unknown dataset 'imagenet'"),
     (['--objective=omma', '--clean_loss_coeff=0.5'], 'OMMA is MMA without the clean loss'),
 ])
 def test_train_script_rejects_bad_flags_clearly(flags, message, tmp_path):

@@ -205,7 +205,7 @@ def test_a_stream_longer_than_num_examples_stops_with_an_error(tmp_path):
   source, _, _ = _stream(num_examples=100, shuffle_buffer=1000)
   trainer = trainer_lib.Trainer(small_config(train_steps=3), str(tmp_path), data=source,
                                 log=QUIET)
-  with pytest.raises(ValueError, match='Bad training data at step 1.*index is >= the 100 rows'):
+  with pytest.raises(ValueError, match='Bad training data in steps 1-1.*index is >= the 100 rows'):
     trainer.train()
 
 
@@ -252,8 +252,8 @@ def test_two_devices_equal_one_on_a_stream_source(objective, tmp_path, two_cpu_s
   one.task.model.set_weights(warm), two.task.model.set_weights(warm)
   for a, b in zip(_steps(one, 2), _steps(two, 2)):
     np.testing.assert_allclose(float(a['total_loss']), float(b['total_loss']), rtol=1e-5)
-  for a, b in zip(_weights(one), _weights(two)):
-    np.testing.assert_allclose(a, b, atol=config.learning_rate * 1e-5)
+  for a, b in zip(_weights(one), _weights(two)):  # float noise only: a step moves ~lr * 1e-1
+    np.testing.assert_allclose(a, b, atol=config.learning_rate * 1e-4)
   memory = one.task.eps_memory.numpy()
   np.testing.assert_allclose(memory, two.task.eps_memory.numpy(), atol=1e-5)
   assert (np.count_nonzero(memory) > 10) == (objective == 'mma')  # MMA wrote its rows

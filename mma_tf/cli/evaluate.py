@@ -91,18 +91,24 @@ def main(argv):
         margin_estimates=tuple(m for m in F.margins if m), margin_maxeps=F.margin_maxeps,
         margin_nb_iter=F.margin_nb_iter, batch_size=F.batch_size, seed=F.seed,
         jit_compile=F.jit_compile)
-    data = data_lib.load(F.dataset, F.tfds_data_dir, num_validation=F.num_validation)
-    config.validate(data.image_shape)
+    builtin = data_lib.DATASETS.get(F.dataset)  # its shape is known before any download
+    if builtin:
+      config.validate(builtin.image_shape)
     strategy = trainer.make_strategy(F.strategy)
     with strategy.scope():  # the weights are then copied to every replica's device
       predict, input_spec = export.load_classifier(F.saved_model, F.signature)
       source = None
       if F.source_saved_model:
         source, _ = export.load_classifier(F.source_saved_model)
+    shape_clash = lambda shape: ValueError(
+        f'{F.saved_model} takes images of shape {input_spec.shape[1:]}, but {F.dataset} images '
+        f'are {tuple(shape)}; evaluate on the dataset the model was trained for.')
+    if builtin and not input_spec.shape[1:].is_compatible_with(builtin.image_shape):
+      raise shape_clash(builtin.image_shape)
+    data = data_lib.load(F.dataset, F.tfds_data_dir, num_validation=F.num_validation)
+    config.validate(data.image_shape)
     if not input_spec.shape[1:].is_compatible_with(data.image_shape):
-      raise ValueError(f'{F.saved_model} takes images of shape {input_spec.shape[1:]}, but '
-                       f'{F.dataset} images are {data.image_shape}; evaluate on the dataset the '
-                       'model was trained for.')
+      raise shape_clash(data.image_shape)
     images, labels, _ = data.eval_split(F.split, limit=F.num_examples)
     attacks = ', '.join(f'{p}: {" -> ".join(a.name for a in attack_list)}'
                         for p, attack_list in config.protocol_attacks().items())

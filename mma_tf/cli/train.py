@@ -1,4 +1,4 @@
-r"""Train a classifier with MMA (default), OMMA, PGD adversarial training, TRADES or standard training.
+r"""Train a classifier with MMA (default), OMMA, PGD-AT, TRADES or standard training.
 
   mma-train                       # MMA on the embedded 5k MNIST digits, a few minutes
   mma-train --dataset=cifar10 --norm=Linf --hinge_maxeps=32/255 --strategy=mirrored \
@@ -88,8 +88,16 @@ _FIELDS = {
     'seed': (flags.DEFINE_integer, 'Seed for init, data order and attack starts.'),
     'checkpoint_every': (flags.DEFINE_integer, 'Steps between checkpoints (and every epoch).'),
     'log_every': (flags.DEFINE_integer, 'Steps between progress lines and summaries.'),
-    'jit_compile': (flags.DEFINE_bool, 'XLA-compile the attacks and the validation step (slower '
-                    'on CPU; try it on GPUs / TPUs).'),
+    'jit_compile': (flags.DEFINE_bool, 'XLA: on one device the whole training step (attack, '
+                    'both weight passes, optimizer update); under a distribution strategy '
+                    'everything before the gradient all-reduce, per replica; and the validation '
+                    'step. Slower on CPU; try it on GPUs / TPUs.'),
+    'steps_per_loop': (flags.DEFINE_integer, 'Training steps per tf.function call (one host '
+                       'sync each); loops end at every log, checkpoint and epoch boundary.'),
+    'mixed_precision': (flags.DEFINE_enum, list(configs.PRECISIONS),
+                        'Compute dtype policy (float32 default): mixed_float16 (GPUs; with loss '
+                        'scaling) or mixed_bfloat16 (TPUs, bf16 CPUs). Logits, losses, margins '
+                        'and the export stay float32.'),
     'deterministic': (flags.DEFINE_bool, 'Enable TF op determinism (exact resume; slower).'),
 }
 for _name, (_define, *_rest) in _FIELDS.items():

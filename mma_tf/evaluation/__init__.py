@@ -21,7 +21,27 @@ from mma_tf.evaluation.report import markdown_table, write_report
 from mma_tf.evaluation.runner import Runner, run_attacks
 
 __all__ = ['AUTOATTACK', 'DEFAULT_EPS', 'PAPER', 'PROTOCOLS', 'EvalConfig', 'Runner', 'default_eps',
-           'default_rel_step', 'evaluate', 'markdown_table', 'num_classes_of', 'write_report']
+           'default_rel_step', 'evaluate', 'markdown_table', 'num_classes_of', 'runner_for',
+           'write_report']
+
+
+def runner_for(predict, config, strategy=None):
+  """The Runner that evaluate() uses for (predict, config, strategy), made once: a second call
+  with the same model and settings reuses every compiled function (one trace per bucket shape).
+  Kept on `predict` itself, so it lives as long as the model (a callable that takes no
+  attributes, e.g. a bound method, gets a new Runner per call)."""
+  strategy = strategy or tf.distribute.get_strategy()
+  cache = getattr(predict, '_mma_tf_runners', None)
+  if cache is None:
+    cache = {}
+    try:
+      predict._mma_tf_runners = cache
+    except AttributeError:
+      pass
+  key = (repr(config), id(strategy))
+  if key not in cache:
+    cache[key] = (Runner(config.batch_size, strategy, config.jit_compile), strategy)
+  return cache[key][0]
 
 
 def num_classes_of(predict, images):
@@ -53,7 +73,8 @@ def evaluate(predict, images, labels, config, source_predict=None, progress=None
   images: float32 [N, H, W, C] in [0, 1]; labels: int [N]. `progress(text)` is called as attacks
   finish. With `source_predict`, the paper protocol also scores PGD examples crafted on the source
   model (transfer). `strategy` splits every batch across its replicas (results are identical to one
-  device); pass a `Runner` to reuse compiled functions across calls with the same config.
+  device). Compiled functions are reused across calls with the same predict, config and strategy
+  (`runner_for`); pass `runner` to choose another.
   """
   images = np.asarray(images, np.float32)
   labels = np.asarray(labels, np.int32)
@@ -72,7 +93,7 @@ def evaluate(predict, images, labels, config, source_predict=None, progress=None
     for a in attacks:
       a.check(num_classes)
   log = progress or (lambda text: None)
-  runner = runner or Runner(config.batch_size, strategy, config.jit_compile)
+  runner = runner or runner_for(predict, config, strategy)
   n = len(labels)
   index = np.arange(n, dtype=np.int32)
   everything = np.arange(n)

@@ -119,7 +119,9 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
         seeds = stream_example_seeds(seed, attack.stream, idx, s)
         return attack.run_stage(predict, x, y, e, seeds, s)
 
-      key = (id(attack), None if attack.stage_is_tensor else stage)
+      # Attacks are dataclasses: equal settings give equal keys, so a runner reused across
+      # evaluate() calls (evaluation.runner_for) reuses their traces.
+      key = (repr(attack), None if attack.stage_is_tensor else stage)
       x_adv, success = runner.map(key, fn, [images, labels, index, eps_vec, stage_vec], todo)
       success = success.astype(bool)
       hit = todo[success]

@@ -143,7 +143,8 @@ def check_classifier(model, image_shape, num_classes, strategy=None):
   first, second = np.asarray(first, np.float32), np.asarray(second, np.float32)
   if first.shape != (4, num_classes):
     raise ValueError(f'The model returns shape {list(first.shape[1:])} per batch of 4 images; '
-                     f'expected logits [batch, {num_classes}] for the data\'s {num_classes} classes.')
+                     f'expected logits [batch, {num_classes}] for the data\'s {num_classes} '
+                     'classes.')
   if not np.all(np.isfinite(first)):
     raise ValueError('The model returns non-finite outputs on random [0, 1] images.')
   final_softmax = any(getattr(layer, 'activation', None) in (keras.activations.softmax, 'softmax')

@@ -16,6 +16,7 @@ from typing import Dict, Optional
 
 import tensorflow as tf
 
+from mma_tf import precision
 from mma_tf.evaluation.common import is_correct
 
 OBJECTIVES = {}
@@ -39,9 +40,23 @@ class Objective:
   name = None
   uses_eps_memory = False
   selection_metric = 'avg_margin'
+  # Under mixed_float16 the task sets this to a function returning the attacks' loss scale.
+  attack_loss_scale = None
 
   def __init__(self, config):
     self.config = config
+
+  @staticmethod
+  def logits(model, x, training):
+    """float32 logits, whatever the model's compute dtype."""
+    return tf.cast(model(x, training=training), tf.float32)
+
+  def attack_predictor(self, model, training):
+    """images -> float32 logits for an attack (loss-scaled under float16)."""
+    predict = precision.float32_logits(model, training)
+    if self.attack_loss_scale is not None:
+      predict = precision.loss_scaled(predict, self.attack_loss_scale())
+    return predict
 
   def __call__(self, model, x, y, eps0, seeds, stop_recording):
     raise NotImplementedError
@@ -65,10 +80,6 @@ def build_objective(config):
   return OBJECTIVES[config.objective](config)
 
 
-def predictor(model, training):
-  return lambda images: model(images, training=training)
-
-
 def compiled(attack, config):
   """The attack XLA-compiled when --jit_compile (it holds no cross-replica ops, so it compiles
   inside strategy.run); plain graph otherwise, which is faster on CPU (BUILD.md)."""
@@ -80,4 +91,4 @@ def correct(logits, y):
 
 
 # The built-in objectives register themselves on import.
-from mma_tf.objectives import mma, pgd_at, standard, trades  # noqa: E402,F401  pylint: disable=wrong-import-position
+from mma_tf.objectives import mma, pgd_at, standard, trades  # noqa: E402,F401

@@ -3,12 +3,13 @@ import tensorflow as tf
 
 from mma_tf import losses
 from mma_tf.attacks import anpgd
-from mma_tf.objectives import Objective, ObjectiveOutput, compiled, correct, predictor, register
+from mma_tf.objectives import Objective, ObjectiveOutput, compiled, correct, register
 
 
 @register
 class MMA(Objective):
-  """MMA (clean_loss_coeff c = 1/3) and OMMA (c = 0), as `trainer.py::train_one_batch` (docs/paper_notes.md 2.3).
+  """MMA (clean_loss_coeff c = 1/3) and OMMA (c = 0), as the released `train_one_batch`
+  (docs/paper_notes.md 2.3).
 
   loss = c * mean CE(clean) + (1 - c) * [sum_{correct, eps_hat < d_max} CE(x + delta_hat)
                                          + sum_{wrong} CE(x)] / B
@@ -28,17 +29,18 @@ class MMA(Objective):
 
   def __call__(self, model, x, y, eps0, seeds, stop_recording):
     c = self.config
-    clean_logits = model(x, training=True)  # (a) clean pass: BN batch statistics, updates them
+    clean_logits = self.logits(model, x, True)  # (a) clean pass: BN batch statistics, updated
     clean_ce = losses.cross_entropy(clean_logits, y)
     is_correct = losses.soft_logit_margin(clean_logits, y) < 0  # (b) the SLM split
     eps0 = tf.maximum(eps0, c.attack_mineps)
     with stop_recording():  # (c) AN-PGD on the correct examples
       x_mix, eps_hat = compiled(anpgd, c)(
-          predictor(model, False), x, y, eps0, maxeps=c.maxeps, norm=c.norm, nb_iter=c.nb_iter,
-          eps_iter_scale=c.eps_iter_scale, num_search_steps=c.num_search_steps, rand_init=True,
-          seed=seeds, mask=is_correct, search_predict=predictor(model, c.search_bn_mode == 'train'),
+          self.attack_predictor(model, False), x, y, eps0, maxeps=c.maxeps, norm=c.norm,
+          nb_iter=c.nb_iter, eps_iter_scale=c.eps_iter_scale,
+          num_search_steps=c.num_search_steps, rand_init=True, seed=seeds, mask=is_correct,
+          search_predict=self.attack_predictor(model, c.search_bn_mode == 'train'),
           released_quirks=c.released_quirks)
-    mix_ce = losses.cross_entropy(model(x_mix, training=True), y)  # (d) one pass, mixed batch
+    mix_ce = losses.cross_entropy(self.logits(model, x_mix, True), y)  # (d) one pass, mixed batch
     in_hinge = tf.logical_and(is_correct, eps_hat < c.hinge_maxeps)
     margin_terms = tf.where(tf.logical_or(in_hinge, tf.logical_not(is_correct)), mix_ce, 0.0)
     loss = c.clean_loss_coeff * clean_ce + (1 - c.clean_loss_coeff) * margin_terms

@@ -1,7 +1,7 @@
 """PGD adversarial training (Madry et al.), the baseline the MMA paper compares with."""
 from mma_tf import losses
 from mma_tf.attacks import pgd
-from mma_tf.objectives import Objective, ObjectiveOutput, compiled, correct, predictor, register
+from mma_tf.objectives import Objective, ObjectiveOutput, compiled, correct, register
 
 
 @register
@@ -14,9 +14,10 @@ class PGDAdversarial(Objective):
   def __call__(self, model, x, y, eps0, seeds, stop_recording):
     c = self.config
     with stop_recording():
-      x_adv = compiled(pgd, c)(predictor(model, False), x, y, c.pgd_eps, norm=c.norm,
-                               nb_iter=c.nb_iter, rel_step_size=c.eps_iter_scale / c.nb_iter,
-                               loss='ce', rand_init=True, seed=seeds)
-    logits = model(x_adv, training=True)
+      x_adv = compiled(pgd, c)(self.attack_predictor(model, False), x, y, c.pgd_eps,
+                               norm=c.norm, nb_iter=c.nb_iter,
+                               rel_step_size=c.eps_iter_scale / c.nb_iter, loss='ce',
+                               rand_init=True, seed=seeds)
+    logits = self.logits(model, x_adv, True)
     ce = losses.cross_entropy(logits, y)
     return ObjectiveOutput(ce, None, {'loss': ce, 'adv_correct': correct(logits, y)})

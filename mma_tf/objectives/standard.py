@@ -8,6 +8,6 @@ class Standard(Objective):
   name = 'standard'
 
   def __call__(self, model, x, y, eps0, seeds, stop_recording):
-    logits = model(x, training=True)
+    logits = self.logits(model, x, True)
     ce = losses.cross_entropy(logits, y)
     return ObjectiveOutput(ce, None, {'loss': ce, 'clean_correct': correct(logits, y)})

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from mma_tf import losses, norms
 from mma_tf.attacks import pgd
-from mma_tf.objectives import Objective, ObjectiveOutput, compiled, correct, predictor, register
+from mma_tf.objectives import Objective, ObjectiveOutput, compiled, correct, register
 
 START_STDDEV = 0.001  # the reference's x + 0.001 * randn start
 
@@ -45,11 +45,11 @@ class Trades(Objective):
   def __call__(self, model, x, y, eps0, seeds, stop_recording):
     c = self.config
     with stop_recording():
-      x_adv = compiled(trades_attack, c)(predictor(model, False), x, y, c.pgd_eps, norm=c.norm,
-                                         nb_iter=c.nb_iter,
+      x_adv = compiled(trades_attack, c)(self.attack_predictor(model, False), x, y, c.pgd_eps,
+                                         norm=c.norm, nb_iter=c.nb_iter,
                                          rel_step_size=c.eps_iter_scale / c.nb_iter, seed=seeds)
-    clean_logits = model(x, training=True)
-    adv_logits = model(x_adv, training=True)
+    clean_logits = self.logits(model, x, True)
+    adv_logits = self.logits(model, x_adv, True)
     natural = losses.cross_entropy(clean_logits, y)
     robust = kl_divergence(clean_logits, adv_logits)
     loss = natural + c.trades_beta * robust
