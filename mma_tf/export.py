@@ -83,7 +83,9 @@ def load_classifier(saved_model_dir, signature=None):
   def predict(images):
     images = tf.cast(images, input_spec.dtype)
     out = fn(**{input_name: images}) if input_name else fn(images)
-    return out[output_name]
+    # The signature's batch dimension is None; keep the input's static batch size, which the
+    # attacks' loops rely on (a batch of one would otherwise broadcast to an unknown size).
+    return tf.ensure_shape(out[output_name], [images.shape[0], output_spec.shape[1]])
 
   predict.loaded = loaded  # keep the trackable object (and its variables) alive
   return predict, input_spec

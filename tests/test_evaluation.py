@@ -160,6 +160,23 @@ def keras_export(tmp_path_factory):
   return path
 
 
+def test_a_savedmodel_evaluates_chunks_of_one_example_as_any_other(tmp_path):
+  """A SavedModel's logits and input gradients have an unknown batch size; a leftover chunk of
+  one example (9 correct examples, batch 8) must still run every attack and margin estimate,
+  with the same per-example results as one batch of 9."""
+  p = LinearProblem('Linf', 10, batch=9)
+  predict = _export_linear(p, tmp_path / 'linear')
+  outputs = []
+  for batch_size in (8, 9):
+    config = evaluation.EvalConfig(
+        norm='Linf', eps=(float(np.median(p.margin)),), protocol='all', nb_iter=3, nb_restart=2,
+        apgd_nb_iter=3, fab_nb_iter=3, n_target_classes=2, square_queries=10, margin_nb_iter=3,
+        margin_estimates=('anpgd', 'pgd_bisection', 'fab'), batch_size=batch_size)
+    outputs.append(evaluation.evaluate(predict, p.x, p.y, config)[1])
+  for key in ('robust', 'autoattack_broken_by', 'paper_broken_by', 'margin_min'):
+    np.testing.assert_allclose(outputs[0][key], outputs[1][key], atol=1e-6)
+
+
 def test_cli_evaluates_a_plain_keras_export(keras_export, tmp_path):
   out = tmp_path / 'report'
   result = _evaluate_cli(f'--saved_model={keras_export}', '--num_examples=20', '--nb_iter=5',

@@ -131,7 +131,7 @@ def _loss_and_grad(predict, loss_fn, point):
     loss = loss_fn(logits)
     total = tf.reduce_sum(loss)  # per-example gradients, independent of the batch size
   grad = tape.gradient(total, point, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-  return logits, loss, tf.cast(grad, point.dtype)
+  return logits, loss, tf.ensure_shape(tf.cast(grad, point.dtype), point.shape)  # as pgd's
 
 
 def _single_run(predict, loss_fn, x, y, eps, seeds, norm, nb_iter, rho, clip_min, clip_max):

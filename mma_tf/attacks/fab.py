@@ -135,7 +135,7 @@ def _fab_run(predict, x, y, target, active, geometry, nb_iter, alpha_max, eta, b
              - tf.gather(logits, y, axis=1, batch_dims=1))  # g_t = z_t - z_y, < 0 while correct
       total = tf.reduce_sum(gap)
     grad = tape.gradient(total, x_cur, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return tf.cast(gap, dtype), grad
+    return tf.cast(gap, dtype), tf.ensure_shape(grad, x_cur.shape)  # as pgd.input_gradient
 
   def body(i, x_cur, best_norm, best_x):
     gap, grad = gap_and_grad(x_cur)
@@ -262,8 +262,10 @@ def fab_targeted(predict, x, y, eps, *, norm='Linf', nb_iter=100, n_target_class
     run_norm, run_x = _fab_run(predict, x, y, target, active, geometry, nb_iter, alpha_max, eta,
                                beta, clip_min, clip_max)
     better = run_norm < min_norm
-    best_x = tf.where(norms_lib.per_example(better, x) > 0, run_x, best_x)
-    return rank + 1, tf.where(better, run_norm, min_norm), best_x
+    new_x = tf.where(norms_lib.per_example(better, x) > 0, run_x, best_x)
+    new_norm = tf.where(better, run_norm, min_norm)
+    # Static shapes as they entered: a batch of one must not broadcast to an unknown size.
+    return rank + 1, tf.ensure_shape(new_norm, min_norm.shape), tf.ensure_shape(new_x, x.shape)
 
   _, min_norm, best_x = tf.while_loop(lambda rank, *_: rank < num_targets + 2, next_target,
                                       (tf.constant(2), min_norm, x),

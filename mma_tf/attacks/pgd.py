@@ -81,7 +81,10 @@ def input_gradient(predict, loss_fn, x, y):
     tape.watch(x)
     loss = tf.reduce_sum(loss_fn(predict(x), y))
   # A model that blocks the gradient (stop_gradient) gets zeros, not a crash: evaluation reports it.
-  return tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  grad = tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  # A SavedModel's gradient has an unknown batch size; keep x's, which the attack loops need
+  # (a batch of one would otherwise broadcast to an unknown size).
+  return tf.ensure_shape(grad, x.shape)
 
 
 def pgd(predict, x, y, eps, *, norm='Linf', nb_iter=40, step_size=None, rel_step_size=None,
