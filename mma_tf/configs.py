@@ -29,6 +29,8 @@ def model_source_kind(model):
   otherwise. Your own models may hold BatchNorm: flags about it are accepted for them."""
   if model in MODELS:
     return 'builtin'
+  if model.startswith('python:'):
+    return 'python'  # a factory or model passed to the Trainer in Python
   if model.endswith('.keras'):
     return 'keras_file'
   module, sep, attr = model.partition(':')
@@ -132,6 +134,10 @@ class TrainConfig:
     need(not self.sync_batchnorm or self.model in MODELS,
          '--sync_batchnorm rebuilds the built-in models; in your own model use '
          'keras.layers.BatchNormalization(synchronized=True).')
+    need(self.mixed_precision == 'float32' or not self.model.endswith('.keras'),
+         f'--mixed_precision={self.mixed_precision} sets the dtype policy while a model is built, '
+         'but a .keras file restores its own; rebuild it under the policy in a factory '
+         '(package.module:factory) that loads its weights.')
     need(self.optimizer in ('adam', 'sgd'),
          f"--optimizer must be 'adam' or 'sgd'; got {self.optimizer!r}.")
     need(len(self.lr_values) in (0, len(self.lr_boundaries) + 1),

@@ -11,9 +11,9 @@ Sources:
     CIFAR-10): the epoch's order is a permutation drawn from (seed, epoch), so a run resumed at
     any step sees exactly the batches of an uninterrupted one.
   - `StreamSource` (`from_dataset`, `from_tfds`, `--dataset=tfds:NAME`): reads a finite dataset
-    in its own fixed order, numbers it with `enumerate()`, shuffles each epoch with a buffer
-    seeded from (seed, epoch) and resumes by skipping; nothing but the shuffle buffer and the
-    validation images is held in memory.
+    in its own fixed order, numbers it with `enumerate()`, permutes each block of
+    `shuffle_buffer` examples with a stateless draw from (seed, epoch) and resumes by skipping;
+    nothing but one block and the validation images is held in memory.
 Both hand their epoch to one shared tail: pixel scaling and range checks, augmentation with a
 stateless seed per (seed, epoch, index), global batches, and each input pipeline's slice of them.
 
@@ -252,9 +252,9 @@ def _to_unit_np(images):
 class StreamSource(Source):
   """A finite `tf.data.Dataset` of (image, label) read in a fixed order, never held in memory.
 
-  Index = position in `train`. Each epoch is shuffled with a buffer of `shuffle_buffer`
-  examples seeded from (seed, epoch); examples further apart than the buffer keep their
-  relative order, so make it >= the dataset size for a uniform shuffle.
+  Index = position in `train`. Each epoch permutes every block of `shuffle_buffer` consecutive
+  examples with a stateless draw from (seed, epoch); an example stays in its block, so make it
+  >= the dataset size for a uniform shuffle (memory: one block of images).
   """
 
   def __init__(self, name, train, test=None, *, num_classes, num_train_total=None,
@@ -303,11 +303,20 @@ class StreamSource(Source):
 
   def epoch_examples(self, seed, epoch, start, count):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    shuffle_seed = int(np.random.default_rng([seed, epoch]).integers(2**31 - 1))
+    epoch_seed = int(np.random.default_rng([seed, epoch]).integers(2**31 - 1))
+
+    def permute_block(index, images, labels):
+      # A stateless permutation of the block, keyed by (seed, epoch, first index): unlike
+      # Dataset.shuffle, it does not depend on TF's global seed, so resumes and workers agree.
+      keys = tf.random.stateless_uniform(tf.shape(index), tf.stack([epoch_seed, index[0]]))
+      order = tf.argsort(keys)
+      return (tf.gather(index, order), tf.gather(images, order), tf.gather(labels, order))
+
     ds = self.train.enumerate().skip(self.num_validation)
-    ds = ds.shuffle(self.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+    ds = ds.map(lambda i, xy: (i, xy[0], xy[1])).batch(self.shuffle_buffer)
+    ds = ds.map(permute_block).unbatch()
     return ds.skip(start).take(count).map(
-        lambda i, xy: (xy[0], tf.cast(xy[1], tf.int32), tf.cast(i, tf.int32)))
+        lambda i, x, y: (x, tf.cast(y, tf.int32), tf.cast(i, tf.int32)))
 
 
 def from_dataset(train, test=None, *, num_classes, num_examples=None, num_validation=None,
@@ -329,7 +338,7 @@ def from_tfds(name, data_dir=None, *, num_validation=None, train_split='train',
   try:
     builder = tfds.builder(name, data_dir=data_dir)
     info = builder.info
-    image_key, label_key = info.supervised_keys or ('image', 'label')
+    _, label_key = info.supervised_keys or ('image', 'label')
     num_classes = info.features[label_key].num_classes
     train = tfds.load(name, split=train_split, data_dir=data_dir, as_supervised=True,
                       shuffle_files=False, download=download)
@@ -340,7 +349,6 @@ def from_tfds(name, data_dir=None, *, num_validation=None, train_split='train',
       test = None
   except Exception as e:  # TFDS raises many types (network, not found, corrupt)
     raise _unavailable(name, data_dir, e) from e
-  del image_key
   return StreamSource(f'tfds:{name}', train, test, num_classes=num_classes,
                       num_validation=num_validation, shuffle_buffer=shuffle_buffer)
 
@@ -359,6 +367,10 @@ def _pairs(ds, split):
                      f'unbatched; got {spec}.')
   if ds.element_spec[0].shape.rank == 4:
     raise ValueError(f'{split}: the dataset is batched; pass it unbatched (the trainer batches).')
+  label = ds.element_spec[1]
+  if label.shape.rank != 0 or not label.dtype.is_integer:
+    raise ValueError(f'{split}: labels must be integer class ids (scalars, not one-hot); got '
+                     f'{label.dtype.name} of shape {label.shape}.')
   return ds
 
 
@@ -501,7 +513,7 @@ def train_dataset(source, global_batch_size, seed, epoch, start_batch=0, input_c
     return {'image': tf.ensure_shape(image, shape), 'label': label, 'index': index}
 
   if input_context is not None and input_context.num_input_pipelines > 1:
-    # Sliced before the per-example work, so each pipeline decodes and augments only its share.
+    # Sliced before the per-example work, so each pipeline augments only its share.
     pipelines, pid = input_context.num_input_pipelines, input_context.input_pipeline_id
     local = global_batch_size // pipelines
     examples = examples.batch(global_batch_size, drop_remainder=True).map(

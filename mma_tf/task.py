@@ -73,6 +73,18 @@ def build_optimizer(config):
   return optimizer
 
 
+def _non_finite_everywhere(grads):
+  """Gradients made non-finite on every replica when they are on any one. Keras'
+  LossScaleOptimizer skips a step (and lowers the scale) when the gradients it sees are
+  non-finite, but under a strategy it may judge the replica's own gradients before the
+  all-reduce; this makes every replica agree, so the step is skipped everywhere."""
+  finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+  bad = tf.distribute.get_replica_context().all_reduce(
+      tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32))
+  poison = tf.where(bad > 0, float('nan'), 0.0)
+  return [g + tf.cast(poison, g.dtype) for g in grads]
+
+
 class Task:
   """Model, data, objective and validation for `config`, built under `strategy`.
 
@@ -97,9 +109,9 @@ class Task:
                        f'holds out {self.data.num_validation}; build the source with the same.')
     self.objective = objective or objectives_lib.build_objective(config)
     if isinstance(model, keras.Model):
-      if config.mixed_precision != 'float32':
-        raise ValueError(f'--mixed_precision={config.mixed_precision} sets the dtype policy while '
-                         'the model is built; pass a factory instead of a built model.')
+      if config.mixed_precision != 'float32' or tuple(config.input_range) != (0.0, 1.0):
+        raise ValueError('mixed_precision and input_range act while the model is built; pass a '
+                         'factory instead of a built model.')
       self.model_fn, instance = None, model
     else:
       self.model_fn = model or user_models.model_factory(config.model, config.seed,
@@ -191,6 +203,8 @@ class Task:
       # shared trace would capture replica 0's variables).
       grads_fn = tf.function(grads_fn, jit_compile=True)
     loss, sums, eps, grads = grads_fn(batch, eps0, seeds)
+    if self.loss_scaling and self.strategy.num_replicas_in_sync > 1:
+      grads = _non_finite_everywhere(grads)
     self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
     return loss, sums, index, eps
 

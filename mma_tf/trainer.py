@@ -4,7 +4,9 @@ What is trained (model, data, objective, validation) is a `task.Task`; this modu
 objective by name. Everything a resumed run needs is in the checkpoint (model, optimizer, step,
 eps memory, best validation value), so a resumed run repeats an uninterrupted one exactly.
 
-Building a `Trainer` leaves process-wide state alone: built-in models are initialised from
+Building a `Trainer` leaves process-wide random and determinism state alone (it sets Keras' dtype
+policy only while building a model, and `--model=package.module:factory` makes the working
+directory importable): built-in models are initialised from
 per-layer initializer seeds derived from `config.seed`, and op determinism / global seeds are set
 only by `configure_process`, which the CLI's main calls (call it too before building your own
 model if its initial weights should follow config.seed).
@@ -97,13 +99,15 @@ class Trainer:
   def __init__(self, config, model_dir, strategy=None, data=None, model=None, objective=None,
                tfds_data_dir=None, log=print):
     self.strategy = strategy or tf.distribute.get_strategy()
-    known = tuple(objectives_lib.OBJECTIVES) + ((objective.name,) if objective else ())
-    config.validate(self.strategy.num_replicas_in_sync, objectives=known)
-    # config.json names what was really trained: your data source and Python model, if given.
+    # config.json names what is really trained: your data source, Python model and objective.
     if data is not None:
       config = dataclasses.replace(config, dataset=data.name)
     if model is not None:
       config = dataclasses.replace(config, model=f'python:{_python_name(model)}')
+    if objective is not None:
+      config = dataclasses.replace(config, objective=objective.name)
+    known = tuple(objectives_lib.OBJECTIVES) + ((objective.name,) if objective else ())
+    config.validate(self.strategy.num_replicas_in_sync, objectives=known)
     self.config = config
     self.model_dir = model_dir
     self.log = log
@@ -254,11 +258,17 @@ class Trainer:
       n = min(c.steps_per_loop, epoch_end - step, until(c.log_every), until(c.checkpoint_every))
       try:
         out = self.task.train_loop(iterator, tf.constant(n, tf.int64))
-      except tf.errors.InvalidArgumentError as e:  # the data pipeline's checks (data.py)
+      except tf.errors.InvalidArgumentError as e:
         failed = re.search(r'assertion failed: \[(.*?)\]', e.message)
-        raise ValueError(f'Bad training data in steps {step + 1}-{step + n}: '
-                         f'{failed.group(1) if failed else e.message.strip()[:500]}. Nothing was '
-                         'saved after the last checkpoint.') from e
+        if not failed:
+          raise
+        # The data pipeline's checks (data.py train_dataset).
+        raise ValueError(f'Bad training data in steps {step + 1}-{step + n}: {failed.group(1)}. '
+                         'Nothing was saved after the last checkpoint.') from e
+      except tf.errors.OutOfRangeError as e:
+        raise ValueError(f'The training data ran out in steps {step + 1}-{step + n} of epoch '
+                         f'{epoch + 1}: the dataset is shorter than its declared size '
+                         f'({self.task.data.num_train_total}, num_examples).') from e
       first, step = step + 1, step + n
       bad = int(out.pop('first_non_finite_step'))
       if bad >= 0:
@@ -341,11 +351,12 @@ class Trainer:
 
 
 def _python_name(model):
-  """How config.json names a model passed in Python: its factory's module:qualname, or the
-  instance's class and name."""
-  if isinstance(model, keras.Model):
-    return f'{type(model).__module__}:{type(model).__qualname__}({model.name})'
-  return f'{getattr(model, "__module__", "?")}:{getattr(model, "__qualname__", repr(model))}'
+  """How config.json names a model passed in Python, stably across runs: the factory's
+  module:qualname (a partial's function's), or the class of an instance or callable object."""
+  target = getattr(model, 'func', model)  # functools.partial
+  if not hasattr(target, '__qualname__') or isinstance(model, keras.Model):
+    target = type(target)
+  return f'{target.__module__}:{target.__qualname__}'
 
 
 def _saved_model_weight_count(path):

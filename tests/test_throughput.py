@@ -213,3 +213,21 @@ def test_evaluate_traces_once_across_calls_with_the_same_model():
   assert first['robust_acc'] == second['robust_acc']
   other = evaluation.EvalConfig(**dict(vars(config), eps=(0.1,)))
   assert evaluation.runner_for(predict, other) is not runner
+
+
+def test_float16_gradients_non_finite_on_one_replica_are_non_finite_on_all(two_cpu_strategy):
+  from mma_tf import task
+
+  @tf.function
+  def step():
+    def on_replica():
+      ctx = tf.distribute.get_replica_context()
+      bad = tf.where(ctx.replica_id_in_sync_group == 1, np.inf, 0.0)  # replica 1 only
+      return task._non_finite_everywhere([tf.ones([3]) + bad, tf.zeros([2])])
+    return two_cpu_strategy.run(on_replica)
+
+  results = step()
+  for grads in zip(*[two_cpu_strategy.experimental_local_results(g) for g in results]):
+    assert all(np.all(~np.isfinite(g.numpy())) for g in grads)  # both replicas, both tensors
+  clean = two_cpu_strategy.run(tf.function(lambda: task._non_finite_everywhere([tf.ones([3])])))
+  assert all(np.all(g.numpy() == 1) for g in two_cpu_strategy.experimental_local_results(clean[0]))

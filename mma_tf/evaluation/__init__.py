@@ -74,7 +74,8 @@ def evaluate(predict, images, labels, config, source_predict=None, progress=None
   finish. With `source_predict`, the paper protocol also scores PGD examples crafted on the source
   model (transfer). `strategy` splits every batch across its replicas (results are identical to one
   device). Compiled functions are reused across calls with the same predict, config and strategy
-  (`runner_for`); pass `runner` to choose another.
+  (`runner_for`). A `runner` passed in belongs to one predict and config: its compiled functions
+  are looked up by name, not by model.
   """
   images = np.asarray(images, np.float32)
   labels = np.asarray(labels, np.int32)
