@@ -2,11 +2,14 @@
 
   python bench/bench_autoattack.py --saved_model=runs/study-Linf/mma-seed0/export
 
-For each attack it counts the forward and forward+backward passes it really made (counters in
-the graph, one run), times it in a second, uncounted run, and reports
-  efficiency = (fwd x t_fwd + fwd_bwd x t_fwd_bwd) / attack time,
-with t_fwd and t_fwd_bwd the per-example cost of one pass of the loaded model timed alone at the
-evaluation batch size. 1.0 means the attack costs exactly its model passes.
+The four attacks run twice, in order, each on the points the earlier ones left robust; the first
+run traces every function, the second reuses them (as evaluate() does for the same model and
+config). Counters in the graph record the forward and forward+backward passes each attack really
+made, per batch size, and the script reports
+  efficiency = sum over batch sizes b of (fwd_b x t_fwd(b) + fwd_bwd_b x t_fwd_bwd(b)) / attack time
+with t_fwd(b) and t_fwd_bwd(b) the time of one pass of the loaded model on a batch of b, timed
+alone. 1.0 means the attack costs exactly its model passes. Compaction pads each chunk to the
+next of a few bucket sizes; padded rows are passes the model really makes, so they count.
 Without --saved_model it exports an untrained LeNet5Madry (few points then survive APGD-CE).
 """
 import os
@@ -20,6 +23,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags, logging  # noqa: E402
 import numpy as np  # noqa: E402
+import mma_tf  # noqa: E402,F401  before TF: it picks TF's CPU kernels (mma_tf/__init__.py)
 import tensorflow as tf  # noqa: E402
 
 from mma_tf import data as data_lib  # noqa: E402
@@ -36,18 +40,22 @@ FLAGS = flags.FLAGS
 
 
 def _counting(predict, counts):
-  """predict that adds the batch size to counts['fwd'] per forward and to counts['bwd'] per
-  backward pass through it (in the graph, so passes inside tf.while_loop are counted)."""
+  """predict that adds 1 to counts['fwd'][b] per forward and to counts['bwd'][b] per backward
+  pass through it on a batch of b (in the graph, so passes inside tf.while_loop are counted)."""
+
+  def count(name, batch):
+    return counts[name].scatter_nd_add(tf.reshape(tf.shape(batch)[0], [1, 1]),
+                                       tf.ones([1], tf.int64))
 
   @tf.custom_gradient
   def mark_backward(x):
     def grad(dy):
-      with tf.control_dependencies([counts['bwd'].assign_add(tf.shape(dy, tf.int64)[0])]):
+      with tf.control_dependencies([count('bwd', dy)]):
         return tf.identity(dy)
     return tf.identity(x), grad
 
   def counted(x):
-    with tf.control_dependencies([counts['fwd'].assign_add(tf.shape(x, tf.int64)[0])]):
+    with tf.control_dependencies([count('fwd', x)]):
       return predict(mark_backward(x))
   return counted
 
@@ -73,34 +81,45 @@ def main(_):
   n, bs = FLAGS.num_examples, FLAGS.batch_size
   x, y, _ = data_lib.load('mnist_5k').eval_split('test', limit=n)  # float32 in [0, 1]
 
-  xb, yb = tf.constant(x[:bs]), tf.constant(y[:bs])
-  t_fwd = _median_time(tf.function(predict), xb) / bs
-  t_fb = _median_time(tf.function(
-      lambda x, y: input_gradient(predict, losses.cross_entropy, x, y)), xb, yb) / bs
+  forward = tf.function(predict)
+  forward_backward = tf.function(lambda x, y: input_gradient(predict, losses.cross_entropy, x, y))
 
   config = evaluation.EvalConfig(norm='Linf', eps=(FLAGS.eps,), protocol='autoattack',
                                  margin_estimates=(), batch_size=bs)
-  counts = {'fwd': tf.Variable(0, dtype=tf.int64), 'bwd': tf.Variable(0, dtype=tf.int64)}
+  counts = {k: tf.Variable(tf.zeros([bs + 1], tf.int64)) for k in ('fwd', 'bwd')}
   counted = _counting(predict, counts)
-  # Counted run: the attacks alone (no clean pass, noise or sanity checks), in order, each on the
-  # points the earlier ones left robust.
-  robust = np.argmax(predict(tf.constant(x)).numpy(), 1) == y
-  passes = {}
+  start_robust = np.argmax(predict(tf.constant(x)).numpy(), 1) == y
   runner = evaluation.Runner(bs)
-  for attack in config.protocol_attacks()['autoattack']:
-    for v in counts.values():
-      v.assign(0)
-    out = run_attacks(runner, counted, [attack], x, y, np.arange(n, dtype=np.int32), FLAGS.eps,
-                      robust, config.seed, 10)
-    robust = out['robust']
-    passes[attack.name] = (int(counts['fwd'].numpy()), int(counts['bwd'].numpy()))
-  # Timed run: the ensemble as users run it (the first call traces; evaluate() keeps its compiled
-  # functions for the same model and config, so time the second).
-  evaluation.evaluate(predict, x[:bs], y[:bs], config)
-  t0 = time.perf_counter()
-  results, _ = evaluation.evaluate(predict, x, y, config)
-  total = time.perf_counter() - t0
-  aa = results['protocols']['autoattack']
+  index = np.arange(n, dtype=np.int32)
+
+  def ensemble():
+    """The attacks alone (no clean pass, noise or sanity checks), in order, each on the points
+    the earlier ones left robust: passes, seconds and robust accuracy per attack."""
+    robust, passes, seconds, acc = start_robust, {}, {}, {}
+    for attack in config.protocol_attacks()['autoattack']:
+      for v in counts.values():
+        v.assign(tf.zeros_like(v))
+      out = run_attacks(runner, counted, [attack], x, y, index, FLAGS.eps, robust, config.seed,
+                        10)
+      robust = out['robust']
+      passes[attack.name] = (counts['fwd'].numpy(), counts['bwd'].numpy())
+      seconds[attack.name], acc[attack.name] = out['seconds'][0], out['acc_after'][0]
+    return passes, seconds, acc
+
+  # The first run traces every function; the second meets the same points and bucket sizes and
+  # reuses them, as evaluate() does for the same model and config. The counters cost one
+  # scatter-add per pass (microseconds against milliseconds), so both runs are counted.
+  passes, first_seconds, _ = ensemble()
+  passes_again, seconds, acc = ensemble()
+  for name in passes:
+    if any((a != b).any() for a, b in zip(passes[name], passes_again[name])):
+      raise SystemExit(f'{name} made different passes in its two runs: not deterministic?')
+  # Time one pass alone at every batch size the attacks used.
+  sizes = sorted({int(b) for f, _ in passes.values() for b in np.nonzero(f)[0]})
+  t_fwd, t_fb = {}, {}
+  for b in sizes:
+    xb, yb = tf.constant(x[np.arange(b) % n]), tf.constant(y[np.arange(b) % n])
+    t_fwd[b], t_fb[b] = _median_time(forward, xb), _median_time(forward_backward, xb, yb)
   cpu = subprocess.run(['bash', '-c', "lscpu | grep 'Model name' | cut -d: -f2"],
                        capture_output=True, text=True).stdout.strip() or platform.processor()
   flags_line = subprocess.run(['bash', '-c', 'grep -o -w -E "avx2|avx512f|avx512_bf16|amx_bf16" '
@@ -108,19 +127,21 @@ def main(_):
                               capture_output=True, text=True).stdout.strip()
   print(f'CPU: {cpu} ({flags_line}); {os.cpu_count()} cores; TF {tf.__version__}')
   print(f'{path}: {n} MNIST test digits, Linf eps {FLAGS.eps:g}, batch {bs}; clean accuracy '
-        f'{results["clean_acc"]:.4f}; one pass alone per example: forward {t_fwd * 1e6:.0f} us, '
-        f'forward+backward {t_fb * 1e6:.0f} us')
-  print('| attack | robust acc after | seconds | forward passes | fwd+bwd passes | efficiency |')
-  print('|---|---|---|---|---|---|')
-  key = f'{FLAGS.eps:g}'
+        f'{start_robust.mean():.4f}')
+  print('one pass alone, ms per batch: ' + ', '.join(
+      f'b={b}: fwd {t_fwd[b] * 1e3:.2f} fwd+bwd {t_fb[b] * 1e3:.2f}' for b in sizes))
+  print('| attack | robust acc after | seconds (traced) | seconds (first call) | '
+        'forward passes | fwd+bwd passes | efficiency |')
+  print('|---|---|---|---|---|---|---|')
   for name in evaluation.AUTOATTACK:
     fwd, bwd = passes[name]
     # Every backward pass comes with its forward: count those as fwd+bwd, the rest as forwards.
-    ideal = (fwd - bwd) * t_fwd + bwd * t_fb
-    seconds = aa['seconds'][name]
-    print(f'| {name} | {aa["acc_after"][key][name]:.4f} | {seconds:.2f} | {fwd - bwd:,} | '
-          f'{bwd:,} | {ideal / max(seconds, 1e-9):.2f} |')
-  print(f'whole evaluate() (clean pass, four attacks, noise and sanity checks): {total:.1f} s')
+    ideal = sum((fwd[b] - bwd[b]) * t_fwd[b] + bwd[b] * t_fb[b] for b in sizes)
+    print(f'| {name} | {acc[name]:.4f} | {seconds[name]:.2f} | {first_seconds[name]:.2f} | '
+          f'{int((fwd - bwd).sum()):,} | {int(bwd.sum()):,} | '
+          f'{ideal / max(seconds[name], 1e-9):.2f} |')
+  print(f'all four attacks: {sum(seconds.values()):.1f} s traced, '
+        f'{sum(first_seconds.values()):.1f} s on the first call (tracing included)')
 
 
 if __name__ == '__main__':

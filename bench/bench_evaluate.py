@@ -15,6 +15,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags, logging  # noqa: E402
 import numpy as np  # noqa: E402
+import mma_tf  # noqa: E402,F401  before TF: it picks TF's CPU kernels (mma_tf/__init__.py)
 import tensorflow as tf  # noqa: E402
 
 from mma_tf import evaluation, export, losses  # noqa: E402

@@ -16,6 +16,7 @@ import time
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags, logging  # noqa: E402
+import mma_tf  # noqa: E402,F401  before TF: it picks TF's CPU kernels (mma_tf/__init__.py)
 import tensorflow as tf  # noqa: E402
 
 from mma_tf import configs, data as data_lib, losses  # noqa: E402

@@ -284,6 +284,7 @@ def run_torch_half():
 
 
 def run_tf_half():
+  import mma_tf  # noqa: F401  before TF: it picks TF's CPU kernels (mma_tf/__init__.py)
   import tensorflow as tf
   threads = _threads()
   tf.config.threading.set_intra_op_parallelism_threads(threads)  # before any op runs
@@ -307,7 +308,8 @@ def run_tf_half():
       'tf_version': tf.__version__,
       'threads': {'tf intra_op (set)': tf.config.threading.get_intra_op_parallelism_threads(),
                   'tf inter_op (0 = TF default)':
-                      tf.config.threading.get_inter_op_parallelism_threads()},
+                      tf.config.threading.get_inter_op_parallelism_threads(),
+                  'TF_ENABLE_ONEDNN_OPTS': os.environ.get('TF_ENABLE_ONEDNN_OPTS')},
       'clean_acc': results['clean_acc'],
       'acc_after': aa['acc_after'][key],
       'seconds': aa['seconds'],

@@ -8,10 +8,10 @@ runs two replicas (as the tests do). Replace `build_model` and `load_my_data` wi
 """
 import argparse
 
+import mma_tf  # first: it picks TensorFlow's CPU kernels before TF loads (mma_tf/__init__.py)
 import keras
 import tensorflow as tf
 
-import mma_tf
 from mma_tf import data, evaluation, export
 
 

@@ -8,6 +8,15 @@ The Python API (README, "Your own model and data"):
 Names are imported on first use, so `import mma_tf` does not start TensorFlow.
 """
 import importlib
+import os
+import sys
+
+# TensorFlow uses its oneDNN CPU kernels by default only on CPUs with AVX-512 VNNI / BF16 or AMX;
+# elsewhere (AVX2 CPUs) its default convolutions make the paper's models' passes about twice as
+# slow (BUILD.md, "oneDNN on AVX2 CPUs"). Ask for oneDNN unless the user chose:
+# TF_ENABLE_ONEDNN_OPTS=0 opts out. TF reads it once, so only before TensorFlow is imported.
+if 'tensorflow' not in sys.modules:
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
 
 __version__ = '0.1.0'
 

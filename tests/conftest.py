@@ -3,6 +3,8 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import mma_tf  # noqa: E402,F401  before TF, so tests get the CPU kernels users get (mma_tf/__init__)
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402

