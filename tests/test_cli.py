@@ -265,10 +265,9 @@ def test_import_mma_tf_asks_for_onednn_unless_the_user_chose_or_tf_is_loaded(pre
   env.pop('TF_ENABLE_ONEDNN_OPTS', None)
   if preset is not None:
     env['TF_ENABLE_ONEDNN_OPTS'] = preset
-  code = ('import sys, os\n' + ('import tensorflow\n' if tf_first else '') +
-          'import mma_tf\n'
-          'assert tf_first or "tensorflow" not in sys.modules  # the import is still lazy\n'
-          'print(os.environ.get("TF_ENABLE_ONEDNN_OPTS"))').replace('tf_first', str(tf_first))
+  code = ('import os, sys\n' + ('import tensorflow\n' if tf_first else '') + 'import mma_tf\n'
+          f'assert {tf_first} or "tensorflow" not in sys.modules  # the import is still lazy\n'
+          'print(os.environ.get("TF_ENABLE_ONEDNN_OPTS"))')
   result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           timeout=120, env=env)
   assert result.returncode == 0, result.stderr
