@@ -7,14 +7,18 @@ run traces every function, the second reuses them (as evaluate() does for the sa
 config). Counters in the graph record the forward and forward+backward passes each attack really
 made, per batch size, and the script reports
   efficiency = sum over batch sizes b of (fwd_b x t_fwd(b) + fwd_bwd_b x t_fwd_bwd(b)) / attack time
-with t_fwd(b) and t_fwd_bwd(b) the time of one pass of the loaded model on a batch of b, timed
-alone. 1.0 means the attack costs exactly its model passes. Compaction pads each chunk to the
-next of a few bucket sizes; padded rows are passes the model really makes, so they count.
+with t_fwd(b) and t_fwd_bwd(b) the mean time of one pass of the loaded model on a batch of b,
+called alone. This shared machine's speed swings by 15% or more from one second to the next (the
+median of 20 passes at batch 100 ranged over 49-67 ms within a minute), so those passes are not
+timed once: after every compiled call of the timed run (one chunk of one attack stage), the
+script times passes alone at that call's batch size for a tenth of the call's duration, and
+leaves that time out of the attack's seconds. 1.0 means the attack costs exactly its model passes. Compaction pads each chunk
+to the next of a few bucket sizes; padded rows are passes the model really makes, so they count.
 Without --saved_model it exports an untrained LeNet5Madry (few points then survive APGD-CE).
 """
 import os
+import collections
 import platform
-import statistics
 import subprocess
 import tempfile
 import time
@@ -60,14 +64,39 @@ def _counting(predict, counts):
   return counted
 
 
-def _median_time(fn, *args, repeats=20):
-  fn(*args)
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    tf.nest.map_structure(lambda v: v.numpy(), fn(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+def _seconds(fn, *args):
+  start = time.perf_counter()
+  tf.nest.map_structure(lambda v: v.numpy(), fn(*args))
+  return time.perf_counter() - start
+
+
+class _SamplingRunner(evaluation.Runner):
+  """A Runner that, while `sample` is on, times passes alone after each compiled call at that
+  call's batch size, for a tenth of the call's duration (at least 4 of each kind), so every
+  stretch of an attack is sampled in proportion to its length: pass_seconds[(kind, b)] collects
+  them, and sampling_seconds the time they took (to leave out of the attack's own time)."""
+
+  def __init__(self, batch_size, passes, fraction=0.1, min_repeats=4):
+    super().__init__(batch_size)
+    self.passes, self.fraction, self.min_repeats, self.sample = passes, fraction, min_repeats, False
+    self.pass_seconds, self.sampling_seconds = collections.defaultdict(list), 0.0
+
+  def _compile(self, key, fn):
+    step = super()._compile(key, fn)
+
+    def step_then_sample(args):
+      start = time.perf_counter()
+      out = [v.numpy() for v in step(args)]  # the attack's call ends here
+      if self.sample:
+        call = time.perf_counter() - start
+        start, b, repeats = time.perf_counter(), len(out[0]), 0
+        while repeats < self.min_repeats or time.perf_counter() - start < self.fraction * call:
+          for kind, (pass_fn, batch) in self.passes(b).items():
+            self.pass_seconds[kind, b].append(_seconds(pass_fn, *batch))
+          repeats += 1
+        self.sampling_seconds += time.perf_counter() - start
+      return out
+    return step_then_sample
 
 
 def main(_):
@@ -83,43 +112,52 @@ def main(_):
 
   forward = tf.function(predict)
   forward_backward = tf.function(lambda x, y: input_gradient(predict, losses.cross_entropy, x, y))
+  batches = {}
+
+  def passes_alone(b):
+    """{kind: (function, args)}: one forward, one forward+backward pass on a batch of b."""
+    if b not in batches:
+      batches[b] = (tf.constant(x[np.arange(b) % n]), tf.constant(y[np.arange(b) % n]))
+      forward(batches[b][0]), forward_backward(*batches[b])  # trace outside any timing
+    return {'fwd': (forward, batches[b][:1]), 'fwd+bwd': (forward_backward, batches[b])}
 
   config = evaluation.EvalConfig(norm='Linf', eps=(FLAGS.eps,), protocol='autoattack',
                                  margin_estimates=(), batch_size=bs)
   counts = {k: tf.Variable(tf.zeros([bs + 1], tf.int64)) for k in ('fwd', 'bwd')}
   counted = _counting(predict, counts)
-  start_robust = np.argmax(predict(tf.constant(x)).numpy(), 1) == y
-  runner = evaluation.Runner(bs)
+  clean_logits = predict(tf.constant(x))
+  start_robust = evaluation.common.is_correct(clean_logits, y).numpy()
+  runner = _SamplingRunner(bs, passes_alone)
   index = np.arange(n, dtype=np.int32)
 
   def ensemble():
     """The attacks alone (no clean pass, noise or sanity checks), in order, each on the points
-    the earlier ones left robust: passes, seconds and robust accuracy per attack."""
-    robust, passes, seconds, acc = start_robust, {}, {}, {}
+    the earlier ones left robust: per attack, passes per batch size, seconds, robust accuracy
+    and (while runner.sample is on) the mean seconds of one pass alone per kind and batch size."""
+    robust, passes, seconds, acc, alone = start_robust, {}, {}, {}, {}
     for attack in config.protocol_attacks()['autoattack']:
       for v in counts.values():
         v.assign(tf.zeros_like(v))
+      runner.pass_seconds.clear()
+      runner.sampling_seconds = 0.0
       out = run_attacks(runner, counted, [attack], x, y, index, FLAGS.eps, robust, config.seed,
-                        10)
+                        clean_logits.shape[-1])
       robust = out['robust']
       passes[attack.name] = (counts['fwd'].numpy(), counts['bwd'].numpy())
-      seconds[attack.name], acc[attack.name] = out['seconds'][0], out['acc_after'][0]
-    return passes, seconds, acc
+      seconds[attack.name] = out['seconds'][0] - runner.sampling_seconds
+      acc[attack.name] = out['acc_after'][0]
+      alone[attack.name] = {k: np.mean(v) for k, v in runner.pass_seconds.items()}
+    return passes, seconds, acc, alone
 
   # The first run traces every function; the second meets the same points and bucket sizes and
   # reuses them, as evaluate() does for the same model and config. The counters cost one
   # scatter-add per pass (microseconds against milliseconds), so both runs are counted.
-  passes, first_seconds, _ = ensemble()
-  passes_again, seconds, acc = ensemble()
+  passes, first_seconds, _, _ = ensemble()
+  runner.sample = True
+  passes_again, seconds, acc, alone = ensemble()
   for name in passes:
     if any((a != b).any() for a, b in zip(passes[name], passes_again[name])):
       raise SystemExit(f'{name} made different passes in its two runs: not deterministic?')
-  # Time one pass alone at every batch size the attacks used.
-  sizes = sorted({int(b) for f, _ in passes.values() for b in np.nonzero(f)[0]})
-  t_fwd, t_fb = {}, {}
-  for b in sizes:
-    xb, yb = tf.constant(x[np.arange(b) % n]), tf.constant(y[np.arange(b) % n])
-    t_fwd[b], t_fb[b] = _median_time(forward, xb), _median_time(forward_backward, xb, yb)
   cpu = subprocess.run(['bash', '-c', "lscpu | grep 'Model name' | cut -d: -f2"],
                        capture_output=True, text=True).stdout.strip() or platform.processor()
   flags_line = subprocess.run(['bash', '-c', 'grep -o -w -E "avx2|avx512f|avx512_bf16|amx_bf16" '
@@ -128,17 +166,17 @@ def main(_):
   print(f'CPU: {cpu} ({flags_line}); {os.cpu_count()} cores; TF {tf.__version__}')
   print(f'{path}: {n} MNIST test digits, Linf eps {FLAGS.eps:g}, batch {bs}; clean accuracy '
         f'{start_robust.mean():.4f}')
-  print('one pass alone, ms per batch: ' + ', '.join(
-      f'b={b}: fwd {t_fwd[b] * 1e3:.2f} fwd+bwd {t_fb[b] * 1e3:.2f}' for b in sizes))
   print('| attack | robust acc after | seconds (traced) | seconds (first call) | '
-        'forward passes | fwd+bwd passes | efficiency |')
-  print('|---|---|---|---|---|---|---|')
+        'forward passes | fwd+bwd passes | one pass alone, mean ms: fwd / fwd+bwd | efficiency |')
+  print('|---|---|---|---|---|---|---|---|')
   for name in evaluation.AUTOATTACK:
-    fwd, bwd = passes[name]
+    (fwd, bwd), t = passes[name], alone[name]
+    sizes = sorted({b for _, b in t})
     # Every backward pass comes with its forward: count those as fwd+bwd, the rest as forwards.
-    ideal = sum((fwd[b] - bwd[b]) * t_fwd[b] + bwd[b] * t_fb[b] for b in sizes)
+    ideal = sum((fwd[b] - bwd[b]) * t['fwd', b] + bwd[b] * t['fwd+bwd', b] for b in sizes)
+    ms = ', '.join(f"b={b}: {t['fwd', b] * 1e3:.1f} / {t['fwd+bwd', b] * 1e3:.1f}" for b in sizes)
     print(f'| {name} | {acc[name]:.4f} | {seconds[name]:.2f} | {first_seconds[name]:.2f} | '
-          f'{int((fwd - bwd).sum()):,} | {int(bwd.sum()):,} | '
+          f'{int((fwd - bwd).sum()):,} | {int(bwd.sum()):,} | {ms} | '
           f'{ideal / max(seconds[name], 1e-9):.2f} |')
   print(f'all four attacks: {sum(seconds.values()):.1f} s traced, '
         f'{sum(first_seconds.values()):.1f} s on the first call (tracing included)')

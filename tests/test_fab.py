@@ -150,7 +150,7 @@ def reference_projection(t, w, b, norm, lo=0.0, hi=1.0):
   gain = lambda lam: np.abs(w) @ move(lam)
   if abs(c) >= gain(1e9):
     return -s * room
-  low, high = 0.0, 1e3
+  low, high = 0.0, 1e9  # L2's lam reaches room / |w|
   for _ in range(200):
     mid = (low + high) / 2
     low, high = (mid, high) if gain(mid) < abs(c) else (low, mid)
@@ -182,6 +182,25 @@ def test_projection_onto_hyperplane_and_box(norm, rng):
   d32 = project_onto_hyperplane_in_box(t.astype(np.float32), w.astype(np.float32),
                                        b.astype(np.float32), norm).numpy()
   np.testing.assert_allclose(d32, d, atol=2e-4)
+
+
+@pytest.mark.parametrize('norm', NORMS)
+def test_projection_is_exact_where_newton_needs_many_steps_or_meets_ties(norm, rng):
+  # Image-like rows: most coordinates on a face (many equal breakpoints), and rows whose weights
+  # fall geometrically (1 to 1e-6, above L2's 1e-8 cut) over evenly spaced points, where each
+  # Newton step crosses few breakpoints: up to 16 (Linf) or 23 (L2) steps before the root.
+  n, dim = 6, 784
+  t = np.where(rng.uniform(size=(n, dim)) < 0.8, rng.choice([0.0, 1.0], (n, dim)),
+               rng.uniform(0, 1, (n, dim)))
+  w = rng.randn(n, dim)
+  t[3:] = np.arange(1, dim + 1) / dim
+  w[3:] = 10 ** -np.linspace(0, 6, dim)
+  reach = (np.abs(w) * np.where(w > 0, t, 1 - t)).sum(1)
+  b = (w * t).sum(1) - reach * np.array([0.3, 0.9, 0.999, 0.5, 0.99, 0.999999])
+  d = project_onto_hyperplane_in_box(t, w, b, norm).numpy()
+  want = np.stack([reference_projection(t[i], w[i], b[i], norm) for i in range(n)])
+  np.testing.assert_allclose(d, want, atol=1e-9)
+  np.testing.assert_allclose(((t + d) * w).sum(1), b, rtol=1e-9)
 
 
 @pytest.mark.parametrize('norm', NORMS)

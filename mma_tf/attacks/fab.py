@@ -13,9 +13,9 @@ result in exact arithmetic:
   targets, still-robust) examples by gathering them; here every example runs and a mask decides
   whose results are kept. One `tf.while_loop` per run, inside one loop over the targets (the
   model appears once in the graph); a run stops early only once no example is being attacked.
-- The projection onto hyperplane and box solves the same 1-D problem in closed form with one sort
-  and prefix sums (a prefix count replaces the reference's bisection over sorted breakpoints),
-  and uses the box [clip_min, clip_max] instead of a hard-coded [0, 1].
+- The projection onto hyperplane and box solves the same 1-D problem exactly by Newton's method
+  (the reference sorts the breakpoints and bisects over them), and uses the box
+  [clip_min, clip_max] instead of a hard-coded [0, 1].
 - "Not found" is +inf instead of 1e10, and the minimal norm is returned (`min_norm`) so the attack
   doubles as a margin estimate; `fab_targeted(all_targets=True)` runs every target on every example.
 - Deterministic: the standard FAB-T has no random start, so there is no randomness at all.
@@ -50,8 +50,13 @@ def project_onto_hyperplane_in_box(t, w, b, norm='Linf', clip_min=0.0, clip_max=
   t, w: [N, D]; b: [N]. Where the box cannot reach the hyperplane, d goes to the box corner that
   moves <w, .> furthest toward b (FAB still moves toward the boundary). Written as a 1-D problem:
   with c = |<w,t> - b| and m_i >= 0 the move of coordinate i against the sign of w_i, the optimum
-  is m_i = min(lam, u_i) (Linf) or min(lam |w_i|, u_i) (L2), u_i the room to the box; the decrease
-  G(lam) = sum |w_i| m_i is piecewise linear, so lam comes from one sort and prefix sums.
+  is m_i = min(lam, u_i) (Linf) or min(lam |w_i|, u_i) (L2), u_i the room to the box, and lam
+  solves G(lam) = sum_i slope_i min(lam, break_i) = c (see the code for slope and break).
+  G is piecewise linear, concave and non-decreasing, so Newton's method from lam = 0 never
+  overshoots the root and is exact as soon as a step crosses no breakpoint: it ends after at most
+  one step per distinct breakpoint, and after 2-5 steps on FAB's iterates of MNIST digits:
+  2.5-5x faster on CPU than sorting the D breakpoints, the reference's way
+  (bench/bench_fab_projection.py).
   Returns d [N, D].
   """
   name = norms_lib.get_norm(norm).name
@@ -70,21 +75,19 @@ def project_onto_hyperplane_in_box(t, w, b, norm='Linf', clip_min=0.0, clip_max=
     breaks, slopes = room, abs_w
   else:
     breaks, slopes = tf.math.divide_no_nan(room, abs_w), tf.square(w)
-  gains = abs_w * room  # the decrease once coordinate i is saturated
-  order = tf.argsort(breaks, axis=1, stable=True)
-  breaks_s = tf.gather(breaks, order, batch_dims=1)
-  gains_cum = tf.math.cumsum(tf.gather(gains, order, batch_dims=1), axis=1)  # A_k
-  slopes_after = tf.math.cumsum(tf.gather(slopes, order, batch_dims=1), axis=1, exclusive=True,
-                                reverse=True)  # S_k, the slope of G just above breaks_s[k]
-  g_at_breaks = gains_cum + breaks_s * slopes_after
-  # G is non-decreasing, so the breakpoints below the root form a prefix: count them.
-  k = tf.reduce_sum(tf.cast(g_at_breaks < c[:, None], tf.int32), axis=1)
-  prev = tf.maximum(k - 1, 0)[:, None]
-  gains_prev = tf.where(k > 0, tf.gather(gains_cum, prev, batch_dims=1)[:, 0], tf.zeros_like(c))
-  slope_prev = tf.where(k > 0, tf.gather(slopes_after, prev, batch_dims=1)[:, 0],
-                        tf.reduce_sum(slopes, axis=1))
-  lam = tf.maximum(tf.math.divide_no_nan(c - gains_prev, slope_prev), 0)
-  feasible = c < gains_cum[:, -1]
+  # Rows that cannot reach the hyperplane start done; the rest step until a step crosses nothing.
+  feasible = c < tf.reduce_sum(abs_w * room, axis=1)
+
+  def newton_step(lam, done):
+    above = breaks > lam[:, None]
+    value = tf.reduce_sum(slopes * tf.minimum(lam[:, None], breaks), axis=1)
+    slope = tf.reduce_sum(tf.where(above, slopes, zeros), axis=1)
+    new = lam + tf.math.divide_no_nan(c - value, slope)
+    crossed = tf.reduce_any(above & (breaks < new[:, None]), axis=1)
+    return tf.where(done, lam, new), done | ~crossed
+
+  lam, _ = tf.while_loop(lambda lam, done: ~tf.reduce_all(done), newton_step,
+                         (tf.zeros_like(c), ~feasible), maximum_iterations=tf.shape(t)[1] + 1)
   move = tf.minimum(lam[:, None] * (abs_w if name == 'L2' else tf.ones_like(w)), room)
   move = tf.where(feasible[:, None], move, room)
   return -tf.sign(w) * move
