@@ -12,12 +12,13 @@ called alone. This shared machine's speed swings by 15% or more from one second 
 median of 20 passes at batch 100 ranged over 49-67 ms within a minute), so those passes are not
 timed once: after every compiled call of the timed run (one chunk of one attack stage), the
 script times passes alone at that call's batch size for a tenth of the call's duration, and
-leaves that time out of the attack's seconds. 1.0 means the attack costs exactly its model passes. Compaction pads each chunk
-to the next of a few bucket sizes; padded rows are passes the model really makes, so they count.
+leaves that time out of the attack's seconds. 1.0 means the attack costs exactly its model
+passes. Compaction pads each chunk to the next of a few bucket sizes; padded rows are passes the
+model really makes, so they count.
 Without --saved_model it exports an untrained LeNet5Madry (few points then survive APGD-CE).
 """
-import os
 import collections
+import os
 import platform
 import subprocess
 import tempfile
