@@ -20,6 +20,7 @@ import tensorflow as tf  # noqa: E402
 
 from mma_tf import data as data_lib  # noqa: E402
 from mma_tf import export, losses  # noqa: E402
+from mma_tf.attacks import input_gradient  # noqa: E402
 from mma_tf.attacks.fab import project_onto_hyperplane_in_box  # noqa: E402
 from mma_tf.models import lenet5_madry  # noqa: E402
 
@@ -38,16 +39,17 @@ def main(_):
   x, y, _ = data_lib.load('mnist_5k').eval_split('test', limit=FLAGS.num_examples)
   x, y = tf.constant(x), tf.constant(y)
   flat = tf.reshape(x, [x.shape[0], -1])
+  clean = predict(x)
   ts, ws, bs = [], [], []
   for rank in range(2, 11):
-    target = losses.target_by_rank(predict(x), rank)
-    with tf.GradientTape() as tape:
-      tape.watch(x)
-      logits = predict(x)
-      gap = (tf.gather(logits, target, axis=1, batch_dims=1)
-             - tf.gather(logits, y, axis=1, batch_dims=1))
-      total = tf.reduce_sum(gap)
-    w = tf.reshape(tape.gradient(total, x), flat.shape)
+    target = losses.target_by_rank(clean, rank)
+
+    def gap_fn(logits, labels, target=target):  # z_target - z_y: FAB's linearised boundary
+      return (tf.gather(logits, target, axis=1, batch_dims=1)
+              - tf.gather(logits, labels, axis=1, batch_dims=1))
+
+    gap = gap_fn(clean, y)
+    w = tf.reshape(input_gradient(predict, gap_fn, x, y), flat.shape)
     b = tf.reduce_sum(w * flat, axis=1) - gap
     ts.append(tf.concat([flat, flat], 0))
     ws.append(tf.concat([w, w], 0))
