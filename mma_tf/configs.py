@@ -63,7 +63,7 @@ class TrainConfig:
   released_quirks: bool = True        # AN-PGD: last midpoint, unclipped (docs/paper_notes.md 2.4)
   pgd_eps: float = 0.3                # PGD-AT and TRADES training radius
   # Perturbation memory (ATTA): training attacks start from each example's last perturbation.
-  perturbation_memory: bool = False
+  perturbation_memory: bool = False  # (resolve() then defaults eps_iter_scale to 0.5 nb_iter)
   perturbation_memory_bits: int = 16
   perturbation_memory_limit_mb: int = dataclasses.field(default=1024, metadata=_RESUMABLE)
   trades_beta: float = 6.0            # TRADES: weight of the KL term (Zhang et al.: 6, MNIST 1-6)
@@ -342,6 +342,10 @@ def resolve(dataset='mnist_5k', norm='Linf', overrides: Optional[dict] = None):
   fields.update(overrides)
   if fields.get('objective') == 'omma' and 'clean_loss_coeff' not in overrides:
     fields['clean_loss_coeff'] = 0.0
+  if fields.get('perturbation_memory') and 'eps_iter_scale' not in overrides:
+    # Warm starts want small steps: 0.5 eps per iteration measured best (docs/RESULTS.md,
+    # "Cheaper robustness"); the released 2.5 eps / nb_iter throws the stored start away.
+    fields['eps_iter_scale'] = 0.5 * fields.get('nb_iter', TrainConfig.nb_iter)
   for name in ('lr_boundaries', 'lr_values', 'input_range'):
     if name in fields:
       fields[name] = tuple(fields[name])

@@ -297,3 +297,9 @@ def test_the_memory_needs_an_objective_with_a_training_attack(data8, tmp_path):
   for flag in ('perturbation_memory_bits', 'perturbation_memory_limit_mb'):
     with pytest.raises(ValueError, match=f'--{flag} has no effect here'):
       tiny_config(**{flag: 32})
+
+
+def test_the_memory_defaults_to_small_steps_unless_given():
+  assert tiny_config(perturbation_memory=True, nb_iter=2).eps_iter_scale == 1.0
+  assert tiny_config(perturbation_memory=True, nb_iter=2, eps_iter_scale=2.5).eps_iter_scale == 2.5
+  assert tiny_config(nb_iter=2).eps_iter_scale == 2.5  # the released rule without the memory

@@ -60,7 +60,8 @@ _FIELDS = {
     'nb_iter': (flags.DEFINE_integer, 'PGD iterations in AN-PGD, PGD-AT, TRADES and (unless '
                 '--test_nb_iter) validation.'),
     'eps_iter_scale': (flags.DEFINE_float, 'Training attack step = eps_iter_scale * eps / nb_iter '
-                       '(MMA, OMMA, PGD-AT).'),
+                       '(MMA, OMMA, PGD-AT, TRADES; default 2.5, or 0.5 * nb_iter with '
+                       '--perturbation_memory).'),
     'num_search_steps': (flags.DEFINE_integer, 'Bisection steps of AN-PGD (training and, unless '
                          '--test_num_search_steps, validation).'),
     'search_bn_mode': (flags.DEFINE_enum, ['train', 'eval'],
@@ -75,8 +76,9 @@ _FIELDS = {
     'perturbation_memory': (flags.DEFINE_bool, 'Start every training attack (MMA, OMMA, PGD-AT, '
                             'TRADES) from the example\'s perturbation of its previous step, '
                             'projected onto the current ball, instead of a random start (ATTA, '
-                            'Zheng et al. 2020); use with a small --nb_iter. Off: the released '
-                            'algorithm. Memory: the start-up line gives its size.'),
+                            'Zheng et al. 2020); use with a small --nb_iter (its step then '
+                            'defaults to 0.5 eps per iteration: --eps_iter_scale=0.5*nb_iter). '
+                            'Off: the released algorithm. The start-up line gives its size.'),
     'perturbation_memory_bits': (flags.DEFINE_integer, 'Storage of --perturbation_memory: 16 '
                                  '(fixed point, resolution 3e-5; default) or 32 (float32).'),
     'perturbation_memory_limit_mb': (flags.DEFINE_integer, 'Largest --perturbation_memory table '
