@@ -268,18 +268,20 @@ class Task:
   def _train_loop_fn(self, iterator, num_steps):
     """num_steps (>= 1) steps in one call: statistics summed on the device, and the first
     non-finite loss's step number (-1 if none), so the host syncs once per loop."""
+    # Objectives without an eps memory return no 'eps': a zero placeholder keeps the loop's
+    # variables tensors (autograph refuses a None carried through tf.range).
+    no_eps = tf.zeros([self.config.batch_size])
     first = self._one_step(iterator)
-    last_eps = first.pop('eps', None)
+    last_eps = first.pop('eps', no_eps)
     sums = first
     bad = tf.where(tf.math.is_finite(first['total_loss']), tf.constant(-1, tf.int64), self.step)
     for _ in tf.range(1, num_steps):
       out = self._one_step(iterator)
-      if last_eps is not None:
-        last_eps = out.pop('eps')
+      last_eps = out.pop('eps', no_eps)
       sums = {k: sums[k] + out[k] for k in sums}
       bad = tf.where((bad < 0) & ~tf.math.is_finite(out['total_loss']), self.step, bad)
     result = dict(sums, first_non_finite_step=bad)
-    if last_eps is not None:
+    if self.objective.uses_eps_memory:
       result['eps'] = last_eps
     return result
 
