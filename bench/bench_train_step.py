@@ -1,8 +1,11 @@
-"""Training-step cost: MMA vs PGD-AT vs standard, and MMA against its own passes timed alone.
+"""Training-step cost: MMA vs PGD-AT vs standard, MMA with perturbation memory at nb_iter 1 / 2 /
+5 against the faithful MMA step, and MMA against its own passes timed alone.
 
 LeNet5Madry, batch 50, nb_iter 40 (the MNIST Linf preset), on the embedded digits (same shapes as
-MNIST). Prints the median step time per objective, the MMA / PGD-AT ratio, and the MMA step
-against the sum of the passes it is made of, each timed alone:
+MNIST). Prints the median step time per objective, the MMA / PGD-AT ratio, the memory steps as
+fractions of the faithful step (one run, back to back; a step costs the same whether its rows
+hold perturbations or not),
+and the MMA step against the sum of the passes it is made of, each timed alone:
   2 x (forward+backward to the weights, train mode)      clean pass and mixed-batch pass
   nb_iter x (forward+backward to the input, eval mode)   PGD inside AN-PGD
   (num_search_steps + 1) x forward                       bisection search
@@ -43,17 +46,20 @@ def main(_):
   logging.set_verbosity(logging.WARNING)
   data = data_lib.load('mnist_5k')
   results = {}
-  for objective in ('mma', 'pgd_at', 'standard'):
-    config = configs.resolve('mnist', 'Linf', dict(objective=objective, model=FLAGS.model))
+  variants = [('mma', {}), ('pgd_at', {}), ('standard', {})] + [
+      (f'mma+memory k={k}', dict(perturbation_memory=True, nb_iter=k)) for k in (1, 2, 5)]
+  for name, overrides in variants:
+    config = configs.resolve('mnist', 'Linf', dict(objective=name.split('+')[0],
+                                                   model=FLAGS.model, **overrides))
     trainer = trainer_lib.Trainer(config, tempfile.mkdtemp(), data=data, log=lambda m: None)
     dataset = data_lib.train_dataset(data, config.batch_size, config.seed, 0)
     iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
     trainer.task.train_step(iterator)  # trace
     # The step's outputs are fetched, as the loop does (loss check, progress).
-    results[objective] = median_call(
+    results[name] = median_call(
         lambda: float(trainer.task.train_step(iterator)['total_loss']), FLAGS.steps)
-    print(f'{objective:>9} step: {results[objective] * 1000:8.1f} ms', flush=True)
-  model, c = trainer.task.model, config
+    print(f'{name:>17} step: {results[name] * 1000:8.1f} ms', flush=True)
+  model, c = trainer.task.model, configs.resolve('mnist', 'Linf', dict(model=FLAGS.model))
   x = tf.random.uniform([c.batch_size, 28, 28, 1])
   y = tf.random.uniform([c.batch_size], 0, 10, tf.int32)
   fb_input = tf.function(lambda x, y: input_gradient(lambda v: model(v, training=False),
@@ -75,6 +81,10 @@ def main(_):
   print(f'MMA / PGD-AT step = {results["mma"] / results["pgd_at"]:.3f} (target <= 1.15)')
   print(f'MMA step / sum of its passes = {results["mma"] / parts:.3f} (target <= 1.15)')
   print(f'PGD-AT / standard step = {results["pgd_at"] / results["standard"]:.1f}')
+  for k in (1, 2, 5):
+    name = f'mma+memory k={k}'
+    print(f'{name} / faithful MMA (nb_iter {c.nb_iter}) step = '
+          f'{results[name] / results["mma"]:.3f}')
 
 
 if __name__ == '__main__':

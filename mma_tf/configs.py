@@ -62,10 +62,16 @@ class TrainConfig:
   sync_batchnorm: bool = False        # BN statistics over the global batch (models with BN only)
   released_quirks: bool = True        # AN-PGD: last midpoint, unclipped (docs/paper_notes.md 2.4)
   pgd_eps: float = 0.3                # PGD-AT and TRADES training radius
+  # Perturbation memory (ATTA): training attacks start from each example's last perturbation.
+  perturbation_memory: bool = False  # (resolve() then defaults eps_iter_scale to 0.5 nb_iter)
+  perturbation_memory_bits: int = 16
+  perturbation_memory_limit_mb: int = dataclasses.field(default=1024, metadata=_RESUMABLE)
   trades_beta: float = 6.0            # TRADES: weight of the KL term (Zhang et al.: 6, MNIST 1-6)
   # Validation monitor (docs/paper_notes.md 2.5).
   test_eps: float = 0.3
   test_eps_iter: float = 0.01
+  test_nb_iter: Optional[int] = None          # None: nb_iter, as released
+  test_num_search_steps: Optional[int] = None  # None: num_search_steps, as released
   # Optimisation.
   optimizer: str = 'adam'             # 'adam' (PyTorch eps 1e-8) or 'sgd' (PyTorch-style momentum)
   learning_rate: float = 1e-4
@@ -87,6 +93,15 @@ class TrainConfig:
   steps_per_loop: int = dataclasses.field(default=1, metadata=_RESUMABLE)
   mixed_precision: str = 'float32'    # or 'mixed_float16', 'mixed_bfloat16' (compute dtype)
   deterministic: bool = dataclasses.field(default=False, metadata=_RESUMABLE)
+
+  @property
+  def validation_nb_iter(self):
+    """PGD iterations of the validation monitor: the training attack's unless test_nb_iter."""
+    return self.test_nb_iter or self.nb_iter
+
+  @property
+  def validation_search_steps(self):
+    return self.test_num_search_steps or self.num_search_steps
 
   @property
   def maxeps(self):
@@ -149,8 +164,18 @@ class TrainConfig:
     need(list(self.lr_boundaries) == sorted(set(self.lr_boundaries))
          and all(b >= 1 for b in self.lr_boundaries),
          f'--lr_boundaries must be increasing steps >= 1; got {list(self.lr_boundaries)}.')
+    need(self.perturbation_memory_bits in (16, 32),
+         f'--perturbation_memory_bits must be 16 or 32; got {self.perturbation_memory_bits}.')
+    need(not (self.perturbation_memory and self.objective == 'standard'),
+         '--perturbation_memory stores the training attack\'s perturbation, and '
+         '--objective=standard has no training attack; drop the flag.')
+    need(self.perturbation_memory_limit_mb >= 1,
+         f'--perturbation_memory_limit_mb must be >= 1; got {self.perturbation_memory_limit_mb}.')
     need(self.mixed_precision in PRECISIONS,
          f'--mixed_precision must be one of {PRECISIONS}; got {self.mixed_precision!r}.')
+    for name in ('test_nb_iter', 'test_num_search_steps'):
+      need(getattr(self, name) is None or getattr(self, name) >= 1,
+           f'--{name} must be >= 1; got {getattr(self, name)}.')
     for name in ('nb_iter', 'num_search_steps', 'batch_size', 'train_steps', 'eval_batch_size',
                  'checkpoint_every', 'log_every', 'steps_per_loop'):
       need(getattr(self, name) >= 1, f'--{name} must be >= 1; got {getattr(self, name)}.')
@@ -220,7 +245,8 @@ def preset_fields(dataset, norm):
 
 
 # Fields whose effect depends on the configuration: (field, does it act in config c, why not).
-# Every other field acts in every configuration: nb_iter, num_search_steps, released_quirks,
+# Every other field acts in every configuration: nb_iter, num_search_steps (and their test_
+# versions), released_quirks,
 # test_eps, test_eps_iter and hinge_maxeps (through the validation margin search, whose range is
 # 1.05 d_max) drive the validation monitor of every objective.
 _EFFECT_RULES = (
@@ -247,6 +273,10 @@ _EFFECT_RULES = (
      lambda c: f'the schedule --lr_values={",".join(f"{v:g}" for v in c.lr_values)} (at '
                f'--lr_boundaries={",".join(map(str, c.lr_boundaries))}) sets the rate; change '
                '--lr_values instead, or clear the schedule with --lr_values= --lr_boundaries='),
+    ('perturbation_memory_bits', lambda c: c.perturbation_memory,
+     lambda c: 'it is the storage size of --perturbation_memory, which is off; drop it'),
+    ('perturbation_memory_limit_mb', lambda c: c.perturbation_memory,
+     lambda c: 'it limits the size of --perturbation_memory, which is off; drop it'),
     ('momentum', lambda c: c.optimizer == 'sgd',
      lambda c: f'--optimizer={c.optimizer} has no momentum parameter; drop it or use '
                '--optimizer=sgd'),
@@ -312,6 +342,10 @@ def resolve(dataset='mnist_5k', norm='Linf', overrides: Optional[dict] = None):
   fields.update(overrides)
   if fields.get('objective') == 'omma' and 'clean_loss_coeff' not in overrides:
     fields['clean_loss_coeff'] = 0.0
+  if fields.get('perturbation_memory') and 'eps_iter_scale' not in overrides:
+    # Warm starts want small steps: 0.5 eps per iteration measured best (docs/RESULTS.md,
+    # "Cheaper robustness"); the released 2.5 eps / nb_iter throws the stored start away.
+    fields['eps_iter_scale'] = 0.5 * fields.get('nb_iter', TrainConfig.nb_iter)
   for name in ('lr_boundaries', 'lr_values', 'input_range'):
     if name in fields:
       fields[name] = tuple(fields[name])

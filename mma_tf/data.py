@@ -424,14 +424,57 @@ def _tfds_arrays(spec, data_dir, download):
   return train_x, train_y.astype(np.int32), test_x, test_y.astype(np.int32)
 
 
-def madry_cifar_augment(image, seed):
-  """Reflect-pad 4, random 32x32 crop, random horizontal flip; stateless, from `seed`."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  seeds = tf.random.experimental.stateless_split(seed, 2)
-  size = tf.shape(image)
-  padded = tf.pad(image, [[4, 4], [4, 4], [0, 0]], mode='REFLECT')
-  image = tf.image.stateless_random_crop(padded, size, seed=seeds[0])
-  return tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
+class PadCropFlip:
+  """Reflect-pad, random crop back to the image size, random horizontal flip (Madry et al.'s
+  CIFAR-10 augmentation with pad 4); stateless: `augment(image [H, W, C], seed [2])`.
+
+  It also moves a perturbation between the stored frame and an augmented image, for the
+  perturbation memory (`mma_tf.perturbation_memory`): `to_augmented` applies the image's own crop
+  and flip (the ops are linear, so augment(x + d) == augment(x) + to_augmented(d) exactly), and
+  `to_stored` writes an augmented-frame perturbation back where it came from, keeping the stored
+  values of the pixels the crop left out (the part that fell on the padding is dropped).
+  An augmentation without these two methods cannot be used with the perturbation memory.
+  """
+
+  def __init__(self, pad=4, name='madry_cifar_augment'):
+    self.pad = pad
+    self.__name__ = name  # how config.json names the augmentation (Source.identity)
+
+  def __call__(self, image, seed):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    size = tf.shape(image)
+    p = self.pad
+    padded = tf.pad(image, [[p, p], [p, p], [0, 0]], mode='REFLECT')
+    image = tf.image.stateless_random_crop(padded, size, seed=seeds[0])
+    return tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
+
+  def to_augmented(self, delta, seed):
+    """A stored-frame perturbation [H, W, C] as seen in the image augmented with `seed`."""
+    return self(delta, seed)
+
+  def to_stored(self, delta, stored, seed):
+    """Writes an augmented-frame perturbation [H, W, C] back into the stored one."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    h, w = delta.shape[0], delta.shape[1]
+    p = self.pad
+    # Where __call__ cropped and whether it flipped: the same draws applied to index grids, so
+    # they always agree with it (no copy of tf.image's internals).
+    grid = tf.reshape(tf.range((h + 2 * p) * (w + 2 * p)), [h + 2 * p, w + 2 * p, 1])
+    corner = tf.image.stateless_random_crop(grid, [h, w, 1], seed=seeds[0])[0, 0, 0]
+    top, left = corner // (w + 2 * p), corner % (w + 2 * p)
+    columns = tf.reshape(tf.range(w), [1, w, 1])
+    flipped = tf.image.stateless_random_flip_left_right(columns, seed=seeds[1])[0, 0, 0] > 0
+    delta = tf.where(flipped, tf.reverse(delta, axis=[1]), delta)
+    paddings = [[top, 2 * p - top], [left, 2 * p - left], [0, 0]]
+    window = tf.pad(tf.ones_like(delta), paddings)
+    placed = window * tf.pad(delta, paddings) + (1 - window) * tf.pad(
+        tf.cast(stored, delta.dtype), [[p, p], [p, p], [0, 0]])
+    return placed[p:p + h, p:p + w]
+
+
+madry_cifar_augment = PadCropFlip()
 
 
 def load(dataset, tfds_data_dir=None, download=True, num_validation=None):
@@ -473,8 +516,10 @@ def _per_replica_batch(global_batch_size, input_context):
   return input_context.get_per_replica_batch_size(global_batch_size)
 
 
-def train_dataset(source, global_batch_size, seed, epoch, start_batch=0, input_context=None):
-  """One epoch of training batches {image, label, index}, starting at batch `start_batch`.
+def train_dataset(source, global_batch_size, seed, epoch, start_batch=0, input_context=None,
+                  with_augment_seed=False):
+  """One epoch of training batches {image, label, index}, starting at batch `start_batch`
+  (with_augment_seed: also 'augment_seed' [2], each image's augmentation seed).
 
   The last partial global batch is dropped so every step has the same static shape (the order
   changes every epoch, so every image is used). Each input pipeline reads the whole epoch and
@@ -507,10 +552,14 @@ def train_dataset(source, global_batch_size, seed, epoch, start_batch=0, input_c
         with tf.control_dependencies([tf.debugging.assert_less_equal(
             tf.abs(image - 0.5), 0.5, message=f'{name}: float pixels outside [0, 1]')]):
           image = tf.identity(image)
+    augment_seed = tf.stack([tf.cast(seed * 1_000_003 + epoch, tf.int64),
+                             tf.cast(index, tf.int64)])
     if augment is not None:
-      image = augment(image, tf.stack([tf.cast(seed * 1_000_003 + epoch, tf.int64),
-                                       tf.cast(index, tf.int64)]))
-    return {'image': tf.ensure_shape(image, shape), 'label': label, 'index': index}
+      image = augment(image, augment_seed)
+    out = {'image': tf.ensure_shape(image, shape), 'label': label, 'index': index}
+    if with_augment_seed:
+      out['augment_seed'] = augment_seed
+    return out
 
   if input_context is not None and input_context.num_input_pipelines > 1:
     # Sliced before the per-example work, so each pipeline augments only its share.

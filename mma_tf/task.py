@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from mma_tf import data as data_lib
 from mma_tf import objectives as objectives_lib
+from mma_tf import perturbation_memory as memory_lib
 from mma_tf import precision
 from mma_tf.attacks import example_seeds
 from mma_tf.evaluation.validation import validation_sums
@@ -108,6 +109,15 @@ class Task:
       raise ValueError(f'config.num_validation is {config.num_validation} but the data source '
                        f'holds out {self.data.num_validation}; build the source with the same.')
     self.objective = objective or objectives_lib.build_objective(config)
+    if config.perturbation_memory:
+      if not self.objective.supports_perturbation_memory:
+        raise ValueError(f'--perturbation_memory stores the training attack\'s perturbation, '
+                         f'and the objective {self.objective.name!r} has no training attack that '
+                         'can start from one; drop the flag.')
+      # Before allocating: a table that cannot fit is refused with its size, not an OOM.
+      memory_lib.check_size(self.data.num_train_total, self.data.image_shape,
+                            config.perturbation_memory_bits,
+                            config.perturbation_memory_limit_mb)
     if isinstance(model, keras.Model):
       if config.mixed_precision != 'float32' or tuple(config.input_range) != (0.0, 1.0):
         raise ValueError('mixed_precision and input_range act while the model is built; pass a '
@@ -129,6 +139,11 @@ class Task:
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
       self.eps_memory = tf.Variable(tf.zeros([self.data.num_train_total]), trainable=False,
                                     name='eps_memory')
+      self.perturbation_memory = None
+      if config.perturbation_memory:
+        self.perturbation_memory = memory_lib.PerturbationMemory(
+            self.data.num_train_total, self.data.image_shape, config.perturbation_memory_bits,
+            self.data.augment)
     self.loss_scaling = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
     if self.loss_scaling:
       self.objective.attack_loss_scale = self._attack_loss_scale
@@ -154,23 +169,30 @@ class Task:
     return tf.cast(self.optimizer.dynamic_scale, tf.float32) / self.config.batch_size
 
   def checkpoint_items(self):
-    return {'model': self.model, 'optimizer': self.optimizer, 'step': self.step,
-            'eps_memory': self.eps_memory}
+    items = {'model': self.model, 'optimizer': self.optimizer, 'step': self.step,
+             'eps_memory': self.eps_memory}
+    if self.perturbation_memory is not None:
+      items.update(self.perturbation_memory.checkpoint_items())
+    return items
 
   def train_batches(self, epoch, start_batch=0):
     """The distributed training batches of `epoch` from batch `start_batch` on."""
     c = self.config
+    # The perturbation memory moves stored perturbations with each image's augmentation.
+    with_seed = self.perturbation_memory is not None and self.data.augment is not None
     return self.strategy.distribute_datasets_from_function(
         lambda ctx: data_lib.train_dataset(self.data, c.batch_size, c.seed, epoch, start_batch,
-                                           ctx))
+                                           ctx, with_augment_seed=with_seed))
 
   # ------------------------------------------------------------------------------ steps
-  def _replica_gradients(self, batch, eps0, seeds):
-    """The objective and its weight gradients on one replica's batch."""
+  def _replica_gradients(self, batch, eps0, seeds, warm_start=None):
+    """The objective and its weight gradients on one replica's batch (and, with the perturbation
+    memory, the perturbations to remember and the mask of rows to write, as int32)."""
     config, model = self.config, self.model
     with tf.GradientTape() as tape:
+      kwargs = {} if warm_start is None else {'warm_start': warm_start}
       out = self.objective(model, batch['image'], batch['label'], eps0, seeds,
-                           tape.stop_recording)
+                           tape.stop_recording, **kwargs)
       loss = tf.reduce_sum(out.loss) / tf.cast(config.batch_size, tf.float32)
       total = loss
       if config.weight_decay:
@@ -181,45 +203,62 @@ class Task:
     grads = tape.gradient(total, model.trainable_variables)
     sums = {k: tf.reduce_sum(v) for k, v in out.stats.items()}
     eps = out.eps if self.objective.uses_eps_memory else tf.zeros_like(eps0)
-    return loss, sums, eps, grads
+    remember = {}
+    if warm_start is not None:
+      mask = out.perturbation_mask
+      mask = tf.ones_like(eps0, tf.bool) if mask is None else mask
+      # All-gather has no bool kernel: the mask travels as int32.
+      remember = {'perturbation': out.perturbation, 'mask': tf.cast(mask, tf.int32)}
+    return loss, sums, eps, remember, grads
 
   def _replica_step(self, batch):
     index = batch['index']
     eps0 = tf.gather(self.eps_memory, index)
     seeds = example_seeds(tf.stack([tf.cast(self.config.seed, tf.int64), self.step]), index)
+    warm_start = None
+    if self.perturbation_memory is not None:
+      warm_start = self.perturbation_memory.read(index, batch.get('augment_seed'))
     grads_fn = self._replica_gradients
     if self.config.jit_compile and self._default_strategy:
       # One device: XLA compiles the whole step (attack, both weight passes, optimizer update).
-      def whole(batch, eps0, seeds):
-        loss, sums, eps, grads = grads_fn(batch, eps0, seeds)
+      def whole(batch, eps0, seeds, warm_start):
+        loss, sums, eps, remember, grads = grads_fn(batch, eps0, seeds, warm_start)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-        return loss, sums, eps
-      loss, sums, eps = tf.function(whole, jit_compile=True)(batch, eps0, seeds)
-      return loss, sums, index, eps
+        return loss, sums, eps, remember
+      loss, sums, eps, remember = tf.function(whole, jit_compile=True)(batch, eps0, seeds,
+                                                                       warm_start)
+      return loss, sums, index, eps, remember
     if self.config.jit_compile:
       # Under a distribution strategy the gradient all-reduce in apply_gradients is a
       # cross-replica op, so
       # XLA compiles everything before it, per replica (a new tf.function per replica: one
       # shared trace would capture replica 0's variables).
       grads_fn = tf.function(grads_fn, jit_compile=True)
-    loss, sums, eps, grads = grads_fn(batch, eps0, seeds)
+    loss, sums, eps, remember, grads = grads_fn(batch, eps0, seeds, warm_start)
     if self.loss_scaling and self.strategy.num_replicas_in_sync > 1:
       grads = _non_finite_everywhere(grads)
     self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-    return loss, sums, index, eps
+    if 'augment_seed' in batch:
+      remember['augment_seed'] = batch['augment_seed']
+    return loss, sums, index, eps, remember
 
   def _one_step(self, iterator):
     """One training step in cross-replica context: {stat sums, total_loss, eps}."""
     batch = next(iterator)
-    loss, sums, index, eps = self.strategy.run(self._replica_step, args=(batch,))
+    loss, sums, index, eps, remember = self.strategy.run(self._replica_step, args=(batch,))
     reduce = lambda v: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
     out = {k: reduce(v) for k, v in sums.items()}
     out['total_loss'] = reduce(loss)
-    if self.objective.uses_eps_memory:
+    if self.objective.uses_eps_memory or remember:
       index = self.strategy.gather(index, axis=0)
+    if self.objective.uses_eps_memory:
       eps = self.strategy.gather(eps, axis=0)
       self.eps_memory.assign(tf.tensor_scatter_nd_update(self.eps_memory, index[:, None], eps))
       out['eps'] = eps
+    if remember:
+      remember = {k: self.strategy.gather(v, axis=0) for k, v in remember.items()}
+      self.perturbation_memory.write(index, remember['perturbation'], remember['mask'] > 0,
+                                     remember.get('augment_seed'))
     self.step.assign_add(1)
     return out
 
@@ -229,18 +268,20 @@ class Task:
   def _train_loop_fn(self, iterator, num_steps):
     """num_steps (>= 1) steps in one call: statistics summed on the device, and the first
     non-finite loss's step number (-1 if none), so the host syncs once per loop."""
+    # Objectives without an eps memory return no 'eps': a zero placeholder keeps the loop's
+    # variables tensors (autograph refuses a None carried through tf.range).
+    no_eps = tf.zeros([self.config.batch_size])
     first = self._one_step(iterator)
-    last_eps = first.pop('eps', None)
+    last_eps = first.pop('eps', no_eps)
     sums = first
     bad = tf.where(tf.math.is_finite(first['total_loss']), tf.constant(-1, tf.int64), self.step)
     for _ in tf.range(1, num_steps):
       out = self._one_step(iterator)
-      if last_eps is not None:
-        last_eps = out.pop('eps')
+      last_eps = out.pop('eps', no_eps)
       sums = {k: sums[k] + out[k] for k in sums}
       bad = tf.where((bad < 0) & ~tf.math.is_finite(out['total_loss']), self.step, bad)
     result = dict(sums, first_non_finite_step=bad)
-    if last_eps is not None:
+    if self.objective.uses_eps_memory:
       result['eps'] = last_eps
     return result
 

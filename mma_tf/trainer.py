@@ -33,6 +33,7 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2
 from mma_tf import configs
 from mma_tf import export as export_lib
 from mma_tf import objectives as objectives_lib
+from mma_tf import perturbation_memory
 from mma_tf import precision
 from mma_tf.models import user as user_models
 from mma_tf.task import TorchSGD, Task, build_optimizer, learning_rate  # noqa: F401 (public)
@@ -119,6 +120,9 @@ class Trainer:
       log(f'warning: {precision.bfloat16_warning()}')
     self.task = Task(config, self.strategy, data, model, objective, tfds_data_dir)
     data = self.task.data
+    if config.perturbation_memory:
+      log(perturbation_memory.describe(data.num_train_total, data.image_shape,
+                                       config.perturbation_memory_bits))
     self.steps_per_epoch = data.steps_per_epoch(config.batch_size)
     if self.steps_per_epoch < 1:
       raise ValueError(f'--batch_size={config.batch_size} exceeds the '
@@ -217,7 +221,8 @@ class Trainer:
   def train(self):
     """Trains to `train_steps`, validating and checkpointing every epoch; exports the best model.
 
-    Returns a summary dict (final step, best validation value and its step, last validation).
+    Returns a summary dict (final step, best validation value and its step, last validation,
+    seconds of this call and the part of them spent in training steps).
     """
     config = self.config
     start = step = self.restore()
@@ -227,6 +232,7 @@ class Trainer:
         os.path.join(self.model_dir, name) if self.is_chief else self._write_dir(name))
                for name in ('train', 'validation')}
     t0, last_val = time.time(), {}
+    self._step_seconds = 0.0  # in training steps only (no validation, checkpoints or export)
     while step < config.train_steps:
       epoch, start_batch = divmod(step, self.steps_per_epoch)
       epoch_end = min((epoch + 1) * self.steps_per_epoch, config.train_steps)
@@ -240,7 +246,8 @@ class Trainer:
     summary = {'step': step, 'selection_metric': self.selection_metric,
                'best_val_value': float(self.best_value.numpy()),
                'best_step': int(self.best_step.numpy()), 'validation': last_val,
-               'export': export_dir, 'seconds': round(time.time() - t0, 1)}
+               'export': export_dir, 'seconds': round(time.time() - t0, 1),
+               'step_seconds': round(self._step_seconds, 1)}
     if self.selection_metric == 'avg_margin':
       summary['best_val_margin'] = summary['best_val_value']
     if self.is_chief:
@@ -256,6 +263,7 @@ class Trainer:
     window = {}
     while step < epoch_end:
       n = min(c.steps_per_loop, epoch_end - step, until(c.log_every), until(c.checkpoint_every))
+      started = time.perf_counter()
       try:
         out = self.task.train_loop(iterator, tf.constant(n, tf.int64))
       except tf.errors.InvalidArgumentError as e:
@@ -270,7 +278,8 @@ class Trainer:
                          f'{epoch + 1}: the dataset is shorter than its declared size '
                          f'({self.task.data.num_train_total}, num_examples).') from e
       first, step = step + 1, step + n
-      bad = int(out.pop('first_non_finite_step'))
+      bad = int(out.pop('first_non_finite_step'))  # waits for the loop's last step
+      self._step_seconds += time.perf_counter() - started
       if bad >= 0:
         latest = self._latest_chief_checkpoint()
         loop = f' (in the loop of steps {first}-{step})' if n > 1 else ''

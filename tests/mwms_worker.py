@@ -2,6 +2,8 @@
 
   mwms_worker.py MODEL_DIR STEPS [CHECKPOINT_EVERY [CRASH_STEP]]
 
+MWMS_CONFIG (environment, JSON) adds configuration fields, e.g. {"perturbation_memory": true}.
+
 With CRASH_STEP, the non-chief worker dies (exit code 17) right after the chief's save of step
 CRASH_STEP and before its own: the crash REVIEW P6b describes. The chief is then left waiting in
 its next collective and the test kills it. The RESULT line gives the step, weights and eps table
@@ -30,7 +32,13 @@ def _state(trainer):
   return {'step': int(trainer.task.step.numpy()),
           'weights_sha': hashlib.sha256(weights.tobytes()).hexdigest(),
           'weights': float(np.abs(weights).sum()), 'weights_head': weights[:5].tolist(),
-          'eps_memory': trainer.task.eps_memory.numpy().tolist()}
+          'eps_memory': trainer.task.eps_memory.numpy().tolist(),
+          'perturbation_memory_sha': (hashlib.sha256(
+              trainer.task.perturbation_memory.stored().numpy().tobytes()
+              + trainer.task.perturbation_memory.known.numpy().tobytes()).hexdigest()
+                                      if trainer.task.perturbation_memory else None),
+          'perturbation_known': (int(trainer.task.perturbation_memory.known.numpy().sum())
+                                 if trainer.task.perturbation_memory else 0)}
 
 
 def _crash_after_chief_save(trainer, crash_step):
@@ -56,7 +64,8 @@ def _crash_after_chief_save(trainer, crash_step):
 def main(model_dir, steps, checkpoint_every=10, crash_step=None):
   strategy = tf.distribute.MultiWorkerMirroredStrategy()
   trainer = trainer_lib.Trainer(
-      tiny_config(train_steps=steps, learning_rate=3e-3, checkpoint_every=checkpoint_every),
+      tiny_config(train_steps=steps, learning_rate=3e-3, checkpoint_every=checkpoint_every,
+                  **json.loads(os.environ.get('MWMS_CONFIG', '{}'))),
       model_dir, strategy, data=tiny_data(), log=lambda m: None)
   if crash_step is not None and not trainer.is_chief:
     _crash_after_chief_save(trainer, crash_step)

@@ -186,13 +186,21 @@ def test_single_run_matches_a_transcription_of_the_reference(norm, loss, nb_iter
   got = {k: v.numpy() for k, v in run().items()}
   want = reference_run(model, x, y, eps, x0, loss, norm, nb_iter, targets)
   np.testing.assert_array_equal(got['fooled'], want['fooled'])
-  np.testing.assert_allclose(got['step'], want['step'], rtol=1e-6)
-  # Targeted DLR explodes where its denominator gets small (fooled points): there the float32
-  # rounding differences grow, so large losses agree only to a few percent (2.3% with oneDNN).
+  # Exact where the point stays robust (the step drives the verdict). On a fooled point the run
+  # goes on, and a halving check on two nearly equal losses can go either way with another
+  # rounding (seen once with TF's oneDNN kernels on an AVX-512 CPU): within one halving there.
+  robust = ~want['fooled']
+  np.testing.assert_allclose(got['step'][robust], want['step'][robust], rtol=1e-6)
+  ratio = np.log2(got['step'][~robust] / want['step'][~robust])
+  assert np.all(np.abs(ratio - np.round(ratio)) < 1e-5) and np.abs(ratio).max() <= 1, ratio
+  # Targeted DLR explodes where its denominator gets small (fooled points): there the value is
+  # ill-conditioned and float32 rounding moves it by a few percent (2.3% with oneDNN on AVX2,
+  # 10% on AVX-512), so exploded losses are only required to explode in both.
   tight = np.abs(want['loss_best']) < 5
   np.testing.assert_allclose(got['loss_best'][tight], want['loss_best'][tight], rtol=1e-4,
                              atol=1e-5)
-  np.testing.assert_allclose(got['loss_best'], want['loss_best'], rtol=5e-2)
+  exploded = got['loss_best'][~tight], want['loss_best'][~tight]
+  assert np.all(np.abs(exploded[0]) >= 5) and np.all(np.sign(exploded[0]) == np.sign(exploded[1]))
   # Untargeted DLR is exactly 1 once the true class ranks 3rd or lower: its gradient is zero up
   # to rounding noise, whose sign then steers Linf steps. Those points are compared by loss only.
   plateau = (want['loss_best'] > 1 - 1e-6) if loss == 'dlr' else np.zeros(12, bool)

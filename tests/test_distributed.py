@@ -30,13 +30,15 @@ def _free_ports(n):
   return ports
 
 
-def _launch(args):
-  """Starts the two workers of a loopback cluster (127.0.0.1 only); worker 0 is the chief."""
+def _launch(args, config=None):
+  """Starts the two workers of a loopback cluster (127.0.0.1 only); worker 0 is the chief.
+  `config`: extra configuration fields for both workers (mwms_worker.py's MWMS_CONFIG)."""
   cluster = {'worker': [f'127.0.0.1:{p}' for p in _free_ports(2)]}
   procs = []
   for task in range(2):
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CONFIG=json.dumps(
-        {'cluster': cluster, 'task': {'type': 'worker', 'index': task}}))
+    env = dict(os.environ, PYTHONPATH=ROOT, MWMS_CONFIG=json.dumps(config or {}),
+               TF_CONFIG=json.dumps({'cluster': cluster,
+                                     'task': {'type': 'worker', 'index': task}}))
     procs.append(subprocess.Popen([sys.executable, WORKER] + [str(a) for a in args], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
   return procs

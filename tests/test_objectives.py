@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import LinearProblem
+from helpers import LinearProblem, tiny_config
 from mma_tf import configs, objectives
+from mma_tf import trainer as trainer_lib
 from mma_tf.attacks import anpgd, example_seeds
 
 
@@ -133,3 +134,15 @@ def test_other_objectives_run_and_sum_their_statistics(name, overrides):
   assert eps_out is None or eps_out.shape == (8,)
   assert all(g is not None for g in grads)
   np.testing.assert_allclose(float(loss) * 8, stats['loss'].numpy().sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize('objective', ['pgd_at', 'trades', 'standard'])
+def test_objectives_without_an_eps_memory_train_through_the_loop(objective, tmp_path):
+  """Trainer.train() runs loops of several steps (the CLI's path) for every objective; those
+  without an eps memory used to fail tracing the loop (a None carried through tf.range)."""
+  from helpers import tiny_data  # pylint: disable=import-outside-toplevel
+  data = tiny_data(num_train=60, num_validation=20, num_test=20, size=8)
+  config = tiny_config(objective=objective, model='small_cnn', batch_size=20, train_steps=4,
+                       steps_per_loop=2, log_every=4, checkpoint_every=4, nb_iter=1)
+  summary = trainer_lib.Trainer(config, str(tmp_path), data=data, log=lambda m: None).train()
+  assert summary['step'] == 4 and np.isfinite(summary['validation']['clean_acc'])

@@ -56,7 +56,7 @@ def _check_search_args(maxeps, num_search_steps):
 
 def anpgd(predict, x, y, eps0, *, maxeps, norm='Linf', nb_iter=40, eps_iter_scale=2.5,
           num_search_steps=10, rand_init=True, seed=0, mask=None, search_predict=None,
-          clip_min=0.0, clip_max=1.0, released_quirks=True):
+          clip_min=0.0, clip_max=1.0, released_quirks=True, warm_start=None):
   """Training AN-PGD: PGD at eps0, then bisection along the PGD direction with the SLM test.
 
   Args:
@@ -69,6 +69,8 @@ def anpgd(predict, x, y, eps0, *, maxeps, norm='Linf', nb_iter=40, eps_iter_scal
     released_quirks: True reproduces the released code: u = (x_pgd - x) / eps0, eps_hat is the
       last midpoint (its margin unused) and x + eps_hat*u is NOT clipped to the box. False returns
       the smallest scale known to succeed and clips the result to [clip_min, clip_max].
+    warm_start: None, or (delta [B, ...], known [B] bool): the PGD at eps0 starts from delta
+      (projected onto the eps0-ball and the box) for the known examples (see `pgd`).
   Returns:
     (x_adv [B, ...], eps_hat [B]).
   """
@@ -84,7 +86,7 @@ def anpgd(predict, x, y, eps0, *, maxeps, norm='Linf', nb_iter=40, eps_iter_scal
     eps0 = tf.where(mask, eps0, tf.zeros_like(eps0))  # radius 0: PGD leaves the example alone
   x_pgd = pgd_lib.pgd(predict, x, y, eps0, norm=norm, nb_iter=nb_iter,
                       rel_step_size=eps_iter_scale / nb_iter, loss='slm', rand_init=rand_init,
-                      seed=seed, clip_min=clip_min, clip_max=clip_max)
+                      seed=seed, clip_min=clip_min, clip_max=clip_max, warm_start=warm_start)
   unit = (x_pgd - x) / norms_lib.per_example(eps0 + 1e-12, x)
   search_predict = search_predict or predict
   margin_fn = lambda images: losses_lib.soft_logit_margin(search_predict(images), y)

@@ -88,7 +88,7 @@ def input_gradient(predict, loss_fn, x, y):
 
 
 def pgd(predict, x, y, eps, *, norm='Linf', nb_iter=40, step_size=None, rel_step_size=None,
-        loss='ce', rand_init=True, seed=0, clip_min=0.0, clip_max=1.0):
+        loss='ce', rand_init=True, seed=0, clip_min=0.0, clip_max=1.0, warm_start=None):
   """Untargeted PGD that maximises `loss` within the `norm`-ball of radius eps around x.
 
   Args:
@@ -104,6 +104,9 @@ def pgd(predict, x, y, eps, *, norm='Linf', nb_iter=40, step_size=None, rel_step
     rand_init: True: start from advertorch's random point in the ball (docs/paper_notes.md 2.2);
       False: from x; or a callable (x, seeds [B, 2]) -> delta for another start (TRADES').
     seed: int, a [2] stateless seed, or per-example seeds [B, 2] (see `example_seeds`).
+    warm_start: None, or (delta [B, ...], known [B] bool): examples marked known start from their
+      delta projected onto their eps-ball and the box (a perturbation remembered from an earlier
+      step); the others start as `rand_init` says.
   Returns:
     The adversarial batch, clipped to [clip_min, clip_max] (the last iterate, as advertorch).
   """
@@ -130,6 +133,10 @@ def pgd(predict, x, y, eps, *, norm='Linf', nb_iter=40, step_size=None, rel_step
     delta = geometry.random_init(x, eps, _seeds_for_batch(seed, batch_size), clip_min, clip_max)
   else:
     delta = tf.zeros_like(x)
+  if warm_start is not None:
+    start, known = warm_start
+    start = geometry.project(x, tf.cast(start, x.dtype), eps, clip_min, clip_max)
+    delta = tf.where(norms_lib.per_example(known, x) > 0, start, delta)
 
   def body(i, delta):
     grad = input_gradient(predict, loss_fn, x + delta, y)

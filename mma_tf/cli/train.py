@@ -57,11 +57,13 @@ _FIELDS = {
                      'every objective, the validation margin search spans 1.05 d_max.'),
     'clean_loss_coeff': (flags.DEFINE_float, 'Weight of the clean CE (MMA 1/3, OMMA 0; MMA only).'),
     'attack_mineps': (common.define_radius, 'AN-PGD initial eps0 and its floor (MMA/OMMA only).'),
-    'nb_iter': (flags.DEFINE_integer, 'PGD iterations in AN-PGD, PGD-AT and validation.'),
+    'nb_iter': (flags.DEFINE_integer, 'PGD iterations in AN-PGD, PGD-AT, TRADES and (unless '
+                '--test_nb_iter) validation.'),
     'eps_iter_scale': (flags.DEFINE_float, 'Training attack step = eps_iter_scale * eps / nb_iter '
-                       '(MMA, OMMA, PGD-AT).'),
-    'num_search_steps': (flags.DEFINE_integer, 'Bisection steps of AN-PGD (training and '
-                         'validation).'),
+                       '(MMA, OMMA, PGD-AT, TRADES; default 2.5, or 0.5 * nb_iter with '
+                       '--perturbation_memory).'),
+    'num_search_steps': (flags.DEFINE_integer, 'Bisection steps of AN-PGD (training and, unless '
+                         '--test_num_search_steps, validation).'),
     'search_bn_mode': (flags.DEFINE_enum, ['train', 'eval'],
                        'BN mode of the AN-PGD bisection forwards (released code: train; MMA/OMMA '
                        'with a BatchNorm model only).'),
@@ -71,7 +73,21 @@ _FIELDS = {
                         'unclipped. False: smallest successful scale, clipped.'),
     'pgd_eps': (common.define_radius, 'PGD-AT / TRADES training radius (those objectives only).'),
     'trades_beta': (flags.DEFINE_float, 'TRADES: weight of the KL term (--objective=trades only).'),
+    'perturbation_memory': (flags.DEFINE_bool, 'Start every training attack (MMA, OMMA, PGD-AT, '
+                            'TRADES) from the example\'s perturbation of its previous step, '
+                            'projected onto the current ball, instead of a random start (ATTA, '
+                            'Zheng et al. 2020); use with a small --nb_iter (its step then '
+                            'defaults to 0.5 eps per iteration: --eps_iter_scale=0.5*nb_iter). '
+                            'Off: the released algorithm. The start-up line gives its size.'),
+    'perturbation_memory_bits': (flags.DEFINE_integer, 'Storage of --perturbation_memory: 16 '
+                                 '(fixed point, resolution 3e-5; default) or 32 (float32).'),
+    'perturbation_memory_limit_mb': (flags.DEFINE_integer, 'Largest --perturbation_memory table '
+                                     '(MB per replica) the run may allocate (default 1024).'),
     'test_eps': (common.define_radius, 'Validation PGD radius (and AN-PGD test start).'),
+    'test_nb_iter': (flags.DEFINE_integer, 'Validation PGD iterations (default: --nb_iter, as '
+                     'released); keeps the monitor\'s strength when --nb_iter is cut.'),
+    'test_num_search_steps': (flags.DEFINE_integer, 'Validation AN-PGD bisection steps (default: '
+                              '--num_search_steps, as released).'),
     'test_eps_iter': (common.define_radius, 'Validation PGD step size (absolute, in the unit of '
                       'the radii).'),
     'optimizer': (flags.DEFINE_enum, ['adam', 'sgd'], 'Optimizer.'),

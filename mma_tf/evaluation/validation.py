@@ -11,12 +11,13 @@ def validation_sums(predict, x, y, index, weight, config):
   validation metrics: {'clean_correct', 'pgd_correct', 'margin', 'count'}."""
   seeds = stream_example_seeds(config.seed, 'validation', index)
   correct = lambda images: tf.cast(is_correct(predict(images), y), tf.float32)
-  x_pgd = pgd(predict, x, y, config.test_eps, norm=config.norm, nb_iter=config.nb_iter,
+  x_pgd = pgd(predict, x, y, config.test_eps, norm=config.norm,
+              nb_iter=config.validation_nb_iter,
               step_size=config.test_eps_iter, loss='ce', seed=seeds)
   _, eps_hat = anpgd_test(predict, x, y, test_eps=config.test_eps, maxeps=config.maxeps,
-                          norm=config.norm, nb_iter=config.nb_iter,
+                          norm=config.norm, nb_iter=config.validation_nb_iter,
                           test_eps_iter=config.test_eps_iter,
-                          num_search_steps=config.num_search_steps, seed=seeds,
+                          num_search_steps=config.validation_search_steps, seed=seeds,
                           released_quirks=config.released_quirks)
   return {'clean_correct': tf.reduce_sum(weight * correct(x)),
           'pgd_correct': tf.reduce_sum(weight * correct(x_pgd)),

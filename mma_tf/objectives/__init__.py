@@ -8,6 +8,11 @@ and divides by the global batch size), the per-example eps to remember (objectiv
 objective turns into logged metrics with `summarize`. Attacks run inside `stop_recording()`, so
 their inner gradients are never recorded on the trainer's tape.
 
+Perturbation memory (`config.perturbation_memory`, objectives with `supports_perturbation_memory`):
+the call also gets `warm_start=(delta [B, ...], known [B] bool)`, each example's perturbation from
+its previous step (known = it has one), to start the training attack from; the output's
+`perturbation` is what to remember, written for the examples in `perturbation_mask` (all if None).
+
 A new objective is one file: subclass `Objective`, decorate it with `@register`, and import the
 module (or pass an instance to `Trainer(objective=...)`).
 """
@@ -27,6 +32,8 @@ class ObjectiveOutput:
   loss: tf.Tensor                 # [B] per-example loss
   eps: Optional[tf.Tensor]        # [B] eps to remember, or None (the memory is left alone)
   stats: Dict[str, tf.Tensor]     # name -> [B] per-example values, summed over the global batch
+  perturbation: Optional[tf.Tensor] = None       # [B, ...] to remember (perturbation memory)
+  perturbation_mask: Optional[tf.Tensor] = None  # [B] bool: rows to write (None: all)
 
 
 class Objective:
@@ -36,9 +43,12 @@ class Objective:
   uses_eps_memory: the per-example eps table is read (eps0) and rewritten from `eps`.
   selection_metric: the validation metric (of `Trainer.evaluate`: clean_acc, pgd_acc,
     avg_margin) whose maximum picks the best checkpoint, the one exported.
+  supports_perturbation_memory: the training attack can start from a remembered perturbation
+    (the call takes `warm_start`, the output carries `perturbation`).
   """
   name = None
   uses_eps_memory = False
+  supports_perturbation_memory = False
   selection_metric = 'avg_margin'
   # Under mixed_float16 the task sets this to a function returning the attacks' loss scale.
   attack_loss_scale = None

@@ -26,8 +26,9 @@ class MMA(Objective):
   """
   name = 'mma'
   uses_eps_memory = True
+  supports_perturbation_memory = True
 
-  def __call__(self, model, x, y, eps0, seeds, stop_recording):
+  def __call__(self, model, x, y, eps0, seeds, stop_recording, warm_start=None):
     c = self.config
     clean_logits = self.logits(model, x, True)  # (a) clean pass: BN batch statistics, updated
     clean_ce = losses.cross_entropy(clean_logits, y)
@@ -39,7 +40,7 @@ class MMA(Objective):
           nb_iter=c.nb_iter, eps_iter_scale=c.eps_iter_scale,
           num_search_steps=c.num_search_steps, rand_init=True, seed=seeds, mask=is_correct,
           search_predict=self.attack_predictor(model, c.search_bn_mode == 'train'),
-          released_quirks=c.released_quirks)
+          released_quirks=c.released_quirks, warm_start=warm_start)
     mix_ce = losses.cross_entropy(self.logits(model, x_mix, True), y)  # (d) one pass, mixed batch
     in_hinge = tf.logical_and(is_correct, eps_hat < c.hinge_maxeps)
     margin_terms = tf.where(tf.logical_or(in_hinge, tf.logical_not(is_correct)), mix_ce, 0.0)
@@ -52,7 +53,9 @@ class MMA(Objective):
         'eps_hat': eps_hat,  # 0 for wrong examples: the memory semantics of the released code
         'at_dmax': slm_correct * tf.cast(eps_hat >= c.hinge_maxeps, tf.float32),
     }
-    return ObjectiveOutput(loss, eps_hat, stats)
+    # The perturbation AN-PGD ended with, remembered for the attacked examples only.
+    return ObjectiveOutput(loss, eps_hat, stats, perturbation=x_mix - x,
+                           perturbation_mask=is_correct)
 
   def summarize(self, sums, count):
     """Means, except avg_eps and frac_at_dmax: over the SLM-correct examples (the attacked)."""

@@ -29,25 +29,28 @@ def kl_divergence(target_logits, logits):
                             - tf.nn.log_softmax(tf.cast(logits, tf.float32))), axis=-1)
 
 
-def trades_attack(predict, x, y, eps, *, norm, nb_iter, rel_step_size, seed):
-  """The TRADES inner maximisation: PGD on KL(f(x) || f(x')) from a small Gaussian start."""
+def trades_attack(predict, x, y, eps, *, norm, nb_iter, rel_step_size, seed, warm_start=None):
+  """The TRADES inner maximisation: PGD on KL(f(x) || f(x')) from a small Gaussian start (or a
+  remembered perturbation, see `pgd`'s warm_start)."""
   clean_logits = tf.stop_gradient(predict(x))
   start = lambda x, seeds: norms.normal_per_example(seeds, x, START_STDDEV)
   return pgd(predict, x, y, eps, norm=norm, nb_iter=nb_iter, rel_step_size=rel_step_size,
              loss=lambda logits, _: kl_divergence(clean_logits, logits), rand_init=start,
-             seed=seed)
+             seed=seed, warm_start=warm_start)
 
 
 @register
 class Trades(Objective):
   name = 'trades'
+  supports_perturbation_memory = True
 
-  def __call__(self, model, x, y, eps0, seeds, stop_recording):
+  def __call__(self, model, x, y, eps0, seeds, stop_recording, warm_start=None):
     c = self.config
     with stop_recording():
       x_adv = compiled(trades_attack, c)(self.attack_predictor(model, False), x, y, c.pgd_eps,
                                          norm=c.norm, nb_iter=c.nb_iter,
-                                         rel_step_size=c.eps_iter_scale / c.nb_iter, seed=seeds)
+                                         rel_step_size=c.eps_iter_scale / c.nb_iter, seed=seeds,
+                                         warm_start=warm_start)
     clean_logits = self.logits(model, x, True)
     adv_logits = self.logits(model, x_adv, True)
     natural = losses.cross_entropy(clean_logits, y)
@@ -56,4 +59,5 @@ class Trades(Objective):
     return ObjectiveOutput(loss, None, {'loss': loss, 'natural_loss': natural,
                                         'robust_kl': robust,
                                         'clean_correct': correct(clean_logits, y),
-                                        'adv_correct': correct(adv_logits, y)})
+                                        'adv_correct': correct(adv_logits, y)},
+                           perturbation=x_adv - x)
