@@ -208,9 +208,11 @@ def test_standard_means_the_standard_attacks_at_standard_budgets_unchanged():
 
 def test_rand_version_finds_with_eot_what_single_draws_miss():
   """A model with randomness at inference whose single-call gradients are noise: the rand
-  version's EOT attacks break every point within eps, single-draw APGD none."""
+  version's EOT attacks break the points within eps, single-draw APGD none."""
+  tf.random.set_seed(0)  # the model's own noise
   p = NoisyLinearProblem('Linf', 10, batch=12)
-  eps = (float(np.median(p.margin)),)
+  m = np.sort(p.margin)
+  eps = (float(m[6] + m[7]) / 2,)  # 7 of 12 points within eps; the nearest margins 3.5% away
   base = dict(norm='Linf', eps=eps, protocol='rand', apgd_nb_iter=10, batch_size=12,
               margin_estimates=())
   truth = np.mean(p.margin > eps[0])
@@ -220,7 +222,7 @@ def test_rand_version_finds_with_eot_what_single_draws_miss():
   assert rand['attacks'] == ['apgd-ce', 'apgd-dlr']
   assert all('eot_iter=20' in c for c in rand['attack_config'])
   assert rand['changes'] == ['10 APGD iterations instead of 100']
-  # The noise moves logits by ~0.05, so a point within ~1% of eps may go either way.
+  # The noise moves logits a little: a point close to eps may go either way at the recount.
   assert eot['robust_acc'][f'{eps[0]:g}'] <= truth + 1 / 12
   assert single['robust_acc'][f'{eps[0]:g}'] >= truth + 4 / 12
   assert not any("protocol='rand'" in w for w in eot['sanity']['warnings'])

@@ -112,8 +112,8 @@ def _validation_split(data, recorded, limit):
       raise ValueError(f'{recorded["path"]} lists the validation images by index; that needs a '
                        f'dataset held in memory, and {data.name} is streamed.')
     chosen = np.asarray(recorded['indices'][:limit], np.int64)
-    return (data_lib._to_unit_np(data.train_images[chosen]), data.train_labels[chosen],  # pylint: disable=protected-access
-            np.arange(len(chosen), dtype=np.int32),
+    images = data_lib._to_unit_np(data.train_images[chosen])  # pylint: disable=protected-access
+    return (images, data.train_labels[chosen], np.arange(len(chosen), dtype=np.int32),
             f'the {data.num_validation} training images listed in {recorded["path"]}')
   images, labels, index = data.eval_split('validation', limit=limit)
   source = (f'num_validation from {recorded["path"]}' if recorded else '--num_validation'
@@ -156,9 +156,9 @@ def main(argv):
         rel_step=F.step_fraction or evaluation.default_rel_step(F.dataset, F.norm),
         apgd_nb_iter=F.apgd_nb_iter, fab_nb_iter=F.fab_nb_iter,
         n_target_classes=F.n_target_classes, square_queries=F.square_queries,
-        eot_iter=F.eot_iter, margin_estimates=tuple(m for m in F.margins if m), margin_maxeps=F.margin_maxeps,
-        margin_nb_iter=F.margin_nb_iter, batch_size=F.batch_size, seed=F.seed,
-        jit_compile=F.jit_compile)
+        eot_iter=F.eot_iter, margin_estimates=tuple(m for m in F.margins if m),
+        margin_maxeps=F.margin_maxeps, margin_nb_iter=F.margin_nb_iter,
+        batch_size=F.batch_size, seed=F.seed, jit_compile=F.jit_compile)
     builtin = data_lib.DATASETS.get(F.dataset)  # its shape is known before any download
     if builtin:
       config.validate(builtin.image_shape)

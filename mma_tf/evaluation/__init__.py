@@ -4,8 +4,8 @@ One package for training-time validation and `mma-evaluate`: one notion of "corr
 (`common.is_correct`), one seed scheme (named streams keyed by dataset index), one padding rule.
 `evaluate` runs, per eps, the attacks of the chosen protocol (`protocols`: AutoAttack, its rand
 version, the MMA paper's PGD restarts, or both) on the points still robust (`runner`), the margin
-estimates
-(`margins`) and the sanity checks (`sanity`); `report` writes JSON, Markdown, NPZ and plots.
+estimates (`margins`) and the sanity checks (`sanity`); `report` writes JSON, Markdown, NPZ and
+plots.
 """
 import time
 
@@ -23,9 +23,8 @@ from mma_tf.evaluation.report import markdown_table, write_report
 from mma_tf.evaluation.runner import Runner, run_attacks
 
 __all__ = ['AUTOATTACK', 'DEFAULT_EPS', 'PAPER', 'PROTOCOLS', 'RAND', 'EvalConfig', 'Runner',
-           'default_eps',
-           'default_rel_step', 'evaluate', 'markdown_table', 'num_classes_of', 'runner_for',
-           'write_report']
+           'default_eps', 'default_rel_step', 'evaluate', 'markdown_table', 'num_classes_of',
+           'runner_for', 'write_report']
 
 
 def runner_for(predict, config, strategy=None):

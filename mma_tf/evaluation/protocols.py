@@ -43,7 +43,7 @@ DEFAULT_EPS = {
 def default_eps(dataset, norm):
   key = ('mnist' if dataset.startswith('mnist') else dataset, norm)
   if key not in DEFAULT_EPS:
-    raise ValueError(f'No default radii for {dataset} {norm}; give --eps.')
+    raise ValueError(f'No default radii for {dataset} {norm}; give {setting("eps")}.')
   return DEFAULT_EPS[key]
 
 

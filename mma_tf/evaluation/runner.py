@@ -137,21 +137,21 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
         key = (key, None if attack.stage_is_tensor else stage)
       x_adv, success, claimed = runner.map(key, fn, [images, labels, index, eps_vec, stage_vec],
                                            todo)
-      success = success.astype(bool)
-      unconfirmed[-1] += int(np.sum(claimed.astype(bool) & ~success))
-      hit = todo[success]
-      if hit.size:
-        d = _perturbation_norms(attack.norm, x_adv[success], images[hit])
-        outside = (d > eps * (1 + 1e-5) + 1e-6) | (x_adv[success].min(
-            axis=tuple(range(1, x_adv.ndim))) < 0) | (x_adv[success].max(
-                axis=tuple(range(1, x_adv.ndim))) > 1)
+      success, claimed = success.astype(bool), claimed.astype(bool)
+      unconfirmed[-1] += int(np.sum(claimed & ~success))
+      if claimed.any():  # every point an attack claims must be feasible, confirmed or not
+        d = _perturbation_norms(attack.norm, x_adv[claimed], images[todo[claimed]])
+        axes = tuple(range(1, x_adv.ndim))
+        outside = ((d > eps * (1 + 1e-5) + 1e-6) | (x_adv[claimed].min(axis=axes) < 0)
+                   | (x_adv[claimed].max(axis=axes) > 1))
         if outside.any():
           raise RuntimeError(f'{attack.name} returned {int(outside.sum())} point(s) outside the '
                              f'{attack.norm} ball of radius {eps:g} or [0, 1] (largest norm '
                              f'{d.max():.6g}): a bug in the attack.')
+        hit = todo[success]
         robust[hit] = False
         broken_by[hit] = a_i
-        adv_norm[hit] = d
+        adv_norm[hit] = d[success[claimed]]
     seconds.append(time.perf_counter() - start)
     acc_after.append(float(robust.mean()))
     if progress:

@@ -18,7 +18,7 @@ NONDETERMINISM = 1e-4          # L2 distance of unit-normalised logits (the refe
 SQUARE_SHARE = 0.05            # of the points the gradient attacks left robust ...
 SQUARE_MIN_POINTS = 3          # ... and at least this many points
 MARGIN_SPREAD = 0.1            # estimates further apart than 10% of the smallest ...
-MARGIN_SHARE = 0.5             # ... on more than this share of the correct examples
+MARGIN_SHARE = 0.75            # ... on more than this share of the correct examples
 
 
 def model_checks(predict, x, y):
