@@ -83,3 +83,25 @@ def tiny_config(**overrides):
                 checkpoint_every=10, learning_rate=1e-3)
   fields.update(overrides)
   return configs.resolve('mnist_5k', 'Linf', fields)
+
+
+class NoisyLinearProblem(LinearProblem):
+  """LinearProblem's logits plus a small term that oscillates fast in x, with a fresh random phase
+  at every call: a model with randomness at inference. Its predictions barely move, but one
+  call's input gradient is dominated by the oscillation, whose mean over calls vanishes: the case
+  Expectation over Transformation (AutoAttack's rand version) exists for. The noise moves logits
+  by ~0.02 and input gradients by ~2 x amplitude x frequency per coordinate (the linear part: ~0.4).
+  """
+
+  def __init__(self, norm, num_classes=10, batch=16, seed=0, max_margin=0.3, amplitude=0.005,
+               frequency=400.0):
+    super().__init__(norm, num_classes, batch, seed, max_margin)
+    rng = np.random.RandomState(seed + 1)
+    self.v_t = tf.constant(rng.randn(DIM, num_classes).astype(np.float32))
+    self.amplitude, self.frequency = amplitude, frequency
+
+  def predict(self, x):
+    flat = tf.reshape(x, [tf.shape(x)[0], -1])
+    phase = tf.random.uniform(tf.shape(flat), 0.0, 2 * np.pi)
+    wobble = self.amplitude * tf.sin(self.frequency * flat + phase)
+    return tf.matmul(flat, self.w_t) + self.b_t + tf.matmul(wobble, self.v_t)

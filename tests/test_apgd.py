@@ -229,10 +229,14 @@ def test_succeeds_just_above_the_margin_and_fails_just_below(norm):
 
   @tf.function
   def attacks():
+    # Rank 2 is the class of the margin (LinearProblem): the losses of few-class models too.
     return {
         'apgd-ce': apgd(p.predict, x, y, eps, norm=norm, loss='ce'),
         'apgd-dlr': apgd(p.predict, x, y, eps, norm=norm, loss='dlr'),
         'apgd-t': apgd_targeted(p.predict, x, y, eps, norm=norm),
+        'apgd-lm': apgd(p.predict, x, y, eps, norm=norm, loss='lm'),
+        'apgd-ce-targeted': apgd(p.predict, x, y, eps, norm=norm, loss='ce_targeted',
+                                 target_rank=2),
     }
 
   n = len(p.y)
@@ -242,6 +246,26 @@ def test_succeeds_just_above_the_margin_and_fails_just_below(norm):
     assert not success[n:].any() and p.is_correct(x_adv[n:]).all(), name
     dist = norms.get_norm(norm).norm(x_adv - both(p.x)).numpy()
     assert np.all(dist[:n] <= 1.02 * p.margin * (1 + 1e-6) + 1e-7), name
+
+
+def test_eot_on_a_deterministic_model_takes_the_same_linf_steps():
+  """The mean of equal gradients has their sign: EOT changes nothing on a deterministic model
+  (Linf), and each of its passes is a real forward-backward pass."""
+  p = LinearProblem('Linf', 10)
+  calls = []
+
+  def counted(v):
+    calls.append(1)
+    return p.predict(v)
+
+  eps = np.float32(np.median(p.margin))
+  one = apgd(counted, p.x, p.y, eps, nb_iter=10, seed=3)
+  traced_one = len(calls)
+  three = apgd(counted, p.x, p.y, eps, nb_iter=10, eot_iter=3, seed=3)
+  for a, b in zip(one, three):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  # Eager: 1 clean pass, then the start and 10 steps, each 1 or 3 passes.
+  assert traced_one == 1 + 11 and len(calls) - traced_one == 1 + 3 * 11
 
 
 # ------------------------------------------------------------------------------------ invariants
@@ -367,7 +391,9 @@ def _counting_model(num_classes, calls):
 @pytest.mark.parametrize('classes, call, match', [
     (2, lambda p, x, y: apgd(p, x, y, 0.1, loss='dlr'), "at least 3 classes.*loss='ce'"),
     (3, lambda p, x, y: apgd(p, x, y, 0.1, loss='dlr_targeted', target_rank=2),
-     "at least 4 classes.*loss='ce' or loss='dlr'"),
+     "at least 4 classes.*loss='ce_targeted'"),
+    (3, lambda p, x, y: apgd(p, x, y, 0.1, loss='ce_targeted', target_rank=4),
+     r'target_rank must lie in \[2, 3\]'),
     (3, lambda p, x, y: apgd_targeted(p, x, y, 0.1), 'at least 4 classes'),
     (10, lambda p, x, y: apgd(p, x, y, 0.1, loss='dlr_targeted', target_rank=11),
      r'target_rank must lie in \[2, 10\]'),
@@ -391,6 +417,8 @@ def test_too_few_classes_or_bad_rank(classes, call, match, rng):
     (lambda p, x, y: apgd(p, x, y, 0.1, loss='cw'), 'Unknown APGD loss'),
     (lambda p, x, y: apgd(p, x, y, 0.1, norm='L1'), 'Unknown norm'),
     (lambda p, x, y: apgd(p, x, y, 0.1, n_restarts=0), 'n_restarts must be'),
+    (lambda p, x, y: apgd(p, x, y, 0.1, eot_iter=0), 'eot_iter must be an int >= 1'),
+    (lambda p, x, y: apgd(p, x, y, 0.1, loss='ce_targeted'), 'needs target_rank'),
     (lambda p, x, y: apgd_targeted(p, x, y, 0.1, n_target_classes=0), 'n_target_classes'),
 ])
 def test_bad_input_is_a_clear_value_error(call, match, rng):

@@ -1,12 +1,13 @@
 """The AutoAttack ensemble in the evaluator: analytic curves, worst-case accounting, invariance to
-batching and devices, gradient masking caught by Square, custom attacks, bad input."""
+batching and devices, few classes, the rand version, gradient masking caught by Square (and only
+above its threshold), what counts as standard, custom attacks, bad input."""
 import dataclasses
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import LinearProblem, small_cnn_predict
+from helpers import LinearProblem, NoisyLinearProblem, small_cnn_predict
 from mma_tf import evaluation
 from mma_tf.attacks.registry import ATTACKS, Attack, register
 
@@ -115,8 +116,122 @@ def test_square_breaks_masked_gradients_and_the_report_says_so():
   assert after['apgd-ce'] == after['apgd-t'] == after['fab-t'] == 1.0  # blind gradient attacks
   assert after['square'] == 0.0
   warnings = ' '.join(results['sanity']['warnings'])
-  assert 'Square (no gradients) broke 100.0%' in warnings
+  assert 'Square (no gradients) broke 12 of the 12 points the gradient attacks left robust' \
+      in warnings
   assert 'all-zero input gradient' in warnings
+
+
+def _partly_masked(p, hidden):
+  """(predict, images): p's problem with a second channel marking the examples at `hidden` (1,
+  else 0), which no eps < 0.5 can flip; the model ignores it, but gives marked examples zero
+  input gradients."""
+  marker = np.zeros_like(p.x)
+  marker[hidden] = 1
+  def predict(images):
+    marked = tf.reduce_mean(images[..., 1], axis=[1, 2]) > 0.5
+    first = images[..., :1]
+    return p.predict(tf.where(marked[:, None, None, None], tf.stop_gradient(first), first))
+  return predict, np.concatenate([p.x, marker], -1)
+
+
+@pytest.mark.parametrize('masked_breakable', [5, 1])
+def test_square_warning_counts_the_points_left_robust_and_has_a_threshold(masked_breakable):
+  """Square's share is of the points the gradient attacks left robust (not of all points), and
+  one point Square adds (what ordinary models show) stays below the threshold."""
+  p = LinearProblem('Linf', 10, batch=16)
+  eps = float(np.median(p.margin))
+  # 8 points within eps, 8 robust; the gradient attacks cannot see the hidden ones, Square can.
+  hidden = np.sort(np.argsort(p.margin)[:masked_breakable])
+  config = evaluation.EvalConfig(norm='Linf', eps=(eps,), batch_size=16,
+                                 **dict(QUICK, square_queries=1000))
+  predict, x = _partly_masked(p, hidden)
+  results, _ = evaluation.evaluate(predict, x, p.y, config)
+  square = results['sanity']['square']['autoattack'][f'{eps:g}']
+  assert square == {'broke': masked_breakable, 'indices': hidden.tolist(),
+                    'left_robust': 8 + masked_breakable}
+  warnings = ' '.join(results['sanity']['warnings'])
+  if masked_breakable == 5:
+    assert (f'broke 5 of the 13 points the gradient attacks left robust (38.5%; threshold: more '
+            f'than {evaluation.sanity.SQUARE_SHARE:.0%} and at least '
+            f'{evaluation.sanity.SQUARE_MIN_POINTS} points)') in warnings
+  else:
+    assert 'Square' not in warnings, warnings
+
+
+@pytest.mark.parametrize('num_classes', [2, 3])
+def test_few_classes_run_the_adapted_ensemble_and_say_so(num_classes):
+  p = LinearProblem('Linf', num_classes, batch=12)
+  eps = _between_margins(p.margin, 2)
+  log = []
+  results, _ = evaluation.evaluate(p.predict, p.x, p.y, evaluation.EvalConfig(
+      norm='Linf', eps=eps, batch_size=12, **QUICK), progress=log.append)
+  for e in eps:
+    assert results['robust_acc'][f'{e:g}'] == pytest.approx(np.mean(p.margin > e))
+  aa = results['protocols']['autoattack']
+  targets = '1 target class (the other one)' if num_classes == 2 else \
+      '2 target classes (all the others)'
+  for change in ("apgd-t: targeted cross-entropy (the reference code's ce-targeted loss) instead "
+                 'of targeted DLR, which needs 4 classes', f'apgd-t: {targets} instead of 3',
+                 f'fab-t: {targets} instead of 3'):
+    assert change in aa['changes']
+    assert any(change in line for line in log)  # the console says it before the attacks run
+    assert change in evaluation.markdown_table(results, 'few classes')
+  assert aa['label'] == 'AutoAttack-like (not standard AutoAttack)'
+  assert aa['attack_config'][1].startswith('apgd-t(nb_iter=20, n_target_classes=3, '
+                                           'loss=ce_targeted')
+  assert not results['standard_autoattack']
+
+
+def test_standard_means_the_standard_attacks_at_standard_budgets_unchanged():
+  assert evaluation.EvalConfig().is_standard_autoattack()
+  assert evaluation.EvalConfig(protocol='all').is_standard_autoattack()
+  for kw in (dict(protocol='paper'), dict(protocol='rand'), dict(attacks=('apgd-ce',)),
+             dict(attacks=evaluation.AUTOATTACK), dict(apgd_nb_iter=99), dict(eot_iter=2),
+             dict(square_queries=50)):
+    assert not evaluation.EvalConfig(**kw).is_standard_autoattack(), kw
+  # Full budgets stay cheap when APGD-CE breaks every point: the later attacks have nothing left.
+  for num_classes in (10, 3):
+    p = LinearProblem('Linf', num_classes, batch=6)
+    config = evaluation.EvalConfig(eps=(float(p.margin.max() * 1.1),), batch_size=6,
+                                   margin_estimates=())
+    results, _ = evaluation.evaluate(p.predict, p.x, p.y, config)
+    assert results['robust_acc'] == {f'{config.eps[0]:g}': 0.0}
+    assert results['standard_autoattack'] == (num_classes == 10)
+    assert results['protocols']['autoattack']['label'] == (
+        'standard AutoAttack' if num_classes == 10 else
+        'AutoAttack-like (not standard AutoAttack)')
+  custom, _ = evaluation.evaluate(p.predict, p.x, p.y, dataclasses.replace(
+      config, attacks=('apgd-ce',)))
+  assert not custom['standard_autoattack']
+  assert 'a custom attack list (not standard AutoAttack)' in evaluation.markdown_table(custom, 'c')
+
+
+def test_rand_version_finds_with_eot_what_single_draws_miss():
+  """A model with randomness at inference whose single-call gradients are noise: the rand
+  version's EOT attacks break the points within eps, single-draw APGD none."""
+  tf.random.set_seed(0)  # the model's own noise
+  p = NoisyLinearProblem('Linf', 10, batch=12)
+  m = np.sort(p.margin)
+  eps = (float(m[6] + m[7]) / 2,)  # 7 of 12 points within eps; the nearest margins 3.5% away
+  base = dict(norm='Linf', eps=eps, protocol='rand', apgd_nb_iter=10, batch_size=12,
+              margin_estimates=())
+  truth = np.mean(p.margin > eps[0])
+  eot, _ = evaluation.evaluate(p.predict, p.x, p.y, evaluation.EvalConfig(**base))
+  single, _ = evaluation.evaluate(p.predict, p.x, p.y, evaluation.EvalConfig(eot_iter=1, **base))
+  rand = eot['protocols']['rand']
+  assert rand['attacks'] == ['apgd-ce', 'apgd-dlr']
+  assert all('eot_iter=20' in c for c in rand['attack_config'])
+  assert rand['changes'] == ['10 APGD iterations instead of 100']
+  # The noise moves logits a little: a point close to eps may go either way at the recount.
+  assert eot['robust_acc'][f'{eps[0]:g}'] <= truth + 1 / 12
+  assert single['robust_acc'][f'{eps[0]:g}'] >= truth + 4 / 12
+  assert not any("protocol='rand'" in w for w in eot['sanity']['warnings'])
+  # Any other protocol: the randomness check recommends the rand version by name.
+  paper, _ = evaluation.evaluate(p.predict, p.x, p.y, evaluation.EvalConfig(
+      norm='Linf', eps=eps, protocol='paper', nb_iter=1, nb_restart=1, batch_size=12,
+      margin_estimates=()))
+  assert any("AutoAttack's rand version (APGD with EOT): protocol='rand'" in w
+             for w in paper['sanity']['warnings'])
 
 
 @dataclasses.dataclass
@@ -138,10 +253,46 @@ def test_a_new_attack_is_one_registration_and_its_points_are_checked():
     evaluation.evaluate(p.predict, p.x, p.y, config)
 
 
+@dataclasses.dataclass
+class _ClaimsEverything(Attack):
+  """A lying attack: returns the clean point and claims success."""
+
+  def run_stage(self, predict, x, y, eps, seeds, stage):
+    return x, tf.ones_like(y, tf.bool)
+
+
+def test_an_attack_that_claims_success_on_a_correct_point_breaks_nothing():
+  if 'test-claims-everything' not in ATTACKS:
+    register('test-claims-everything')(_ClaimsEverything)
+  p = LinearProblem('Linf', 10, batch=8)
+  config = evaluation.EvalConfig(eps=(0.1,), attacks=('test-claims-everything',), batch_size=8,
+                                 margin_estimates=())
+  results, per_example = evaluation.evaluate(p.predict, p.x, p.y, config)
+  assert results['robust_acc'] == {'0.1': 1.0} and per_example['robust'].all()
+  assert results['protocols']['custom']['unconfirmed'] == {'0.1': {'test-claims-everything': 8}}
+  assert any('test-claims-everything claimed 8 success(es) that a fresh forward pass did not '
+             'confirm' in w for w in results['sanity']['warnings'])
+
+
+@dataclasses.dataclass
+class _NeedsFiveClasses(Attack):
+  min_classes = 5
+
+
 def test_bad_input_is_refused_before_any_attack():
+  if 'test-needs-five-classes' not in ATTACKS:
+    register('test-needs-five-classes')(_NeedsFiveClasses)
   p = LinearProblem('Linf', 3, batch=8)
-  with pytest.raises(ValueError, match='apgd-t needs a classifier with at least 4 classes'):
-    evaluation.evaluate(p.predict, p.x, p.y, evaluation.EvalConfig(eps=(0.1,), **QUICK))
+  # The Python API names its arguments, not the command line's flags.
+  with pytest.raises(ValueError, match=r'at least 5 classes; this one has 3\. Remove it from '
+                     r'attacks\.$'):
+    evaluation.evaluate(p.predict, p.x, p.y, evaluation.EvalConfig(
+        eps=(0.1,), attacks=('test-needs-five-classes',), **QUICK))
+  with pytest.raises(ValueError, match=r'1 logit per example.*return \[0, z\]'):
+    evaluation.evaluate(lambda v: p.predict(v)[:, :1], p.x, p.y * 0,
+                        evaluation.EvalConfig(eps=(0.1,), **QUICK))
+  with pytest.raises(ValueError, match=r'^apgd_nb_iter must be >= 1'):
+    evaluation.EvalConfig(apgd_nb_iter=0).validate((4, 5, 1))
   p10 = LinearProblem('Linf', 10, batch=8)
   with pytest.raises(ValueError, match='cannot take images of shape'):
     evaluation.evaluate(p10.predict, np.zeros((8, 3, 3, 1), np.float32), p10.y,

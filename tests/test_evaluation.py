@@ -1,6 +1,8 @@
-"""mma-evaluate and mma_tf.evaluation: analytic curves, restarts, transfer, sanity checks, bad input."""
+"""mma-evaluate and mma_tf.evaluation: analytic curves, restarts, transfer, sanity checks, few
+classes, the validation split of a training run, bad input."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,16 +12,21 @@ import pytest
 import tensorflow as tf
 
 from helpers import LinearProblem, small_cnn_predict
+from mma_tf import data as data_lib
 from mma_tf import evaluation, export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _export_linear(problem, path):
+def _linear_keras(problem, sign=1.0, name=None):
   model = keras.Sequential([keras.Input(problem.x.shape[1:]), keras.layers.Flatten(),
-                            keras.layers.Dense(problem.w.shape[1])])
-  model.layers[-1].set_weights([problem.w, problem.b])
-  model.export(str(path), format='tf_saved_model', verbose=False)
+                            keras.layers.Dense(problem.w.shape[1])], name=name)
+  model.layers[-1].set_weights([sign * problem.w, sign * problem.b])
+  return model
+
+
+def _export_linear(problem, path):
+  _linear_keras(problem).export(str(path), format='tf_saved_model', verbose=False)
   return export.load_classifier(str(path))[0]
 
 
@@ -63,17 +70,40 @@ def test_restarts_and_iterations_only_lower_robust_accuracy(rng):
   assert four.sum() < one.sum()  # and the extra restarts found something
 
 
-def test_transfer_from_the_same_model_equals_whitebox(rng):
-  _, predict = small_cnn_predict()
-  x = rng.uniform(0, 1, (20, 8, 8, 1)).astype(np.float32)
-  y = np.argmax(predict(x).numpy(), 1).astype(np.int32)
-  config = evaluation.EvalConfig(eps=(0.03,), protocol='paper', nb_iter=10, nb_restart=2,
-                                 batch_size=20, margin_estimates=())
-  results, _ = evaluation.evaluate(predict, x, y, config, source_predict=predict)
+def _masked_linear():
+  """A linear problem, its model with zero input gradients, and a radius that half its points
+  are within."""
+  p = LinearProblem('Linf', 10, batch=12)
+  masked = lambda images: p.predict(tf.stop_gradient(images))
+  return p, masked, float(np.median(p.margin))
+
+
+def test_transfer_from_a_differentiable_source_breaks_what_masked_gradients_hide():
+  p, masked, eps = _masked_linear()
+  config = evaluation.EvalConfig(eps=(eps,), protocol='paper', nb_iter=20, nb_restart=1,
+                                 rel_step=0.25, batch_size=12, margin_estimates=())
+  results, _ = evaluation.evaluate(masked, p.x, p.y, config, source_predict=p.predict)
   paper = results['protocols']['paper']
   assert paper['attacks'] == ['pgd', 'transfer']
-  after = paper['acc_after']['0.03']
-  assert after['pgd'] == after['transfer'] == results['robust_acc']['0.03'] < 1
+  after = paper['acc_after'][f'{eps:g}']
+  # White-box PGD is blind here; PGD on the same weights without the mask breaks every point
+  # within eps, and its points transfer.
+  assert after['pgd'] > 0.9
+  assert after['transfer'] == results['robust_acc'][f'{eps:g}'] == np.mean(p.margin > eps)
+
+
+def test_transfer_sources_with_the_same_name_are_not_confused():
+  """A runner reused across evaluate() calls (same target, same config) must not reuse the
+  compiled transfer stage of another source model, even one with the same Keras name."""
+  p, masked, eps = _masked_linear()
+  config = evaluation.EvalConfig(eps=(eps,), protocol='paper', nb_iter=20, nb_restart=1,
+                                 rel_step=0.25, batch_size=12, margin_estimates=())
+  good, bad = _linear_keras(p, name='src'), _linear_keras(p, sign=-1.0, name='src')
+  robust = lambda source, runner=None: evaluation.evaluate(
+      masked, p.x, p.y, config, source_predict=source, runner=runner)[0]['robust_acc']
+  assert robust(good) == {f'{eps:g}': np.mean(p.margin > eps)}
+  fresh = robust(bad, runner=evaluation.Runner(config.batch_size))
+  assert robust(bad) == fresh == {f'{eps:g}': 1.0}  # gradients pointing away from the boundary
 
 
 def test_masked_gradients_and_probabilities_trigger_warnings(tmp_path, rng):
@@ -202,6 +232,7 @@ def test_cli_evaluates_a_plain_keras_export(keras_export, tmp_path):
     (['--norm=L2', '--eps=40'], 'outside (0, 28]'),
     (['--dataset=cifar10'], 'takes images of shape (28, 28, 1)'),
     (['--num_examples=0'], '--num_examples must be >= 1'),
+    (['--apgd_nb_iter=0'], '--apgd_nb_iter must be >= 1'),  # flags, not Python argument names
 ])
 def test_cli_bad_input_writes_nothing(keras_export, tmp_path, flags, message):
   out = tmp_path / 'report'
@@ -214,3 +245,60 @@ def test_cli_bad_input_writes_nothing(keras_export, tmp_path, flags, message):
 def test_cli_missing_savedmodel(tmp_path):
   result = _evaluate_cli(f'--saved_model={tmp_path / "nope"}')
   assert result.returncode != 0 and 'No SavedModel directory' in result.stderr
+
+
+@pytest.mark.parametrize('protocol, change', [
+    ('autoattack', "apgd-t: targeted cross-entropy (the reference code's ce-targeted loss) "
+                   'instead of targeted DLR, which needs 4 classes'),
+    ('rand', "apgd-dlr: the logit margin (DLR's numerator) instead of DLR, which needs 3 classes"),
+])
+def test_cli_evaluates_a_two_class_model(tmp_path, protocol, change):
+  p = LinearProblem('Linf', 2, batch=8)
+  _export_linear(p, tmp_path / 'export')
+  # The problem's points are all of one class; the training labels name both.
+  np.savez(tmp_path / 'binary.npz', x_train=np.concatenate([p.x] * 2), y_train=np.concatenate(
+      [p.y, 1 - p.y]), x_test=p.x, y_test=p.y)
+  out = tmp_path / 'report'
+  result = _evaluate_cli(f'--saved_model={tmp_path / "export"}', f'--dataset=npz:{tmp_path}/'
+                         'binary.npz', f'--protocol={protocol}', f'--eps={np.median(p.margin)}',
+                         '--apgd_nb_iter=5', '--fab_nb_iter=5', '--square_queries=20',
+                         '--eot_iter=2', '--margins=', '--batch_size=8', f'--output_dir={out}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert change in result.stdout  # as the run starts, and in the table at the end
+  results = json.loads((out / 'results.json').read_text())
+  assert change in results['protocols'][protocol]['changes']
+  assert results['protocols'][protocol]['label'].startswith('AutoAttack-like')
+  assert not results['standard_autoattack']
+  assert change in (out / 'results.md').read_text()
+
+
+def test_cli_validation_split_is_the_training_runs(keras_export, tmp_path):
+  """--split=validation takes num_validation (or the listed images) from the run's config.json
+  next to the export, and says so."""
+  run = tmp_path / 'run'
+  shutil.copytree(keras_export, run / 'export')
+  record = {'dataset': 'mnist_5k', 'data': {'name': 'mnist_5k', 'num_validation': 40}}
+  (run / 'config.json').write_text(json.dumps(record))
+  fast = ['--split=validation', '--attacks=apgd-ce', '--apgd_nb_iter=1', '--margins=',
+          '--eps=0.1', '--batch_size=50']
+  result = _evaluate_cli(f'--saved_model={run / "export"}', f'--output_dir={tmp_path / "a"}',
+                         *fast)
+  assert result.returncode == 0, result.stderr[-3000:]
+  said = f'the first 40 training images (num_validation from {run / "config.json"})'
+  assert said in result.stdout
+  results = json.loads((tmp_path / 'a' / 'results.json').read_text())
+  assert results['num_examples'] == 40 and said in results['split_images']
+
+  clash = _evaluate_cli(f'--saved_model={run / "export"}', f'--output_dir={tmp_path / "b"}',
+                        '--num_validation=500', *fast)
+  assert clash.returncode == 2 and '--num_validation=500, but the run trained with 40' in \
+      clash.stderr
+
+  record['data']['validation_split'] = [7, 3, 11]
+  (run / 'config.json').write_text(json.dumps(record))
+  listed = _evaluate_cli(f'--saved_model={run / "export"}', f'--output_dir={tmp_path / "c"}',
+                         *fast)
+  assert listed.returncode == 0, listed.stderr[-3000:]
+  assert 'the 3 training images listed in' in listed.stdout
+  labels = np.load(tmp_path / 'c' / 'per_example.npz')['labels']
+  np.testing.assert_array_equal(labels, data_lib.load('mnist_5k').train_labels[[7, 3, 11]])

@@ -19,8 +19,13 @@ Departures from the reference, all deliberate:
   logits of the remaining examples before each target (the same ranking). Tied logits are ranked
   lowest class index first (stable sort); torch's sort may order ties differently.
 - Per-example radii, and a general box [clip_min, clip_max] in place of [0, 1].
-- Not implemented: EOT (eot_iter=1), x_init, the L1 version, `best_loss` mode and the zero-gradient
-  warning (sanity checks belong to the evaluator, outside the compiled graph).
+- EOT (eot_iter > 1, AutoAttack's rand version) as the reference: the step follows the mean
+  gradient of eot_iter forward-backward passes; the loss and prediction are the last pass's.
+- Losses the reference defines but AutoAttack's driver does not run: 'ce_targeted' (its
+  `ce_loss_targeted`), and the logit margin 'lm' (DLR's numerator) for classifiers with fewer
+  classes than DLR needs.
+- Not implemented: x_init, the L1 version, `best_loss` mode and the zero-gradient warning (sanity
+  checks belong to the evaluator, outside the compiled graph).
 """
 import numbers
 
@@ -31,7 +36,8 @@ from mma_tf import norms as norms_lib
 from mma_tf.attacks.pgd import _seeds_for_batch, check_attack_inputs, per_example_vector
 
 _TINY = 1e-12
-LOSSES = ('ce', 'dlr', 'dlr_targeted')
+LOSSES = ('ce', 'dlr', 'dlr_targeted', 'ce_targeted', 'lm')
+TARGETED = ('dlr_targeted', 'ce_targeted')
 
 
 # ---------------------------------------------------------------------------------- step schedule
@@ -124,20 +130,37 @@ def _clip_exact(norm, x, v, eps, clip_min, clip_max):
 
 # -------------------------------------------------------------------------------------- one run
 
-def _loss_and_grad(predict, loss_fn, point):
-  with tf.GradientTape(watch_accessed_variables=False) as tape:
-    tape.watch(point)
-    logits = tf.cast(predict(point), tf.float32)
-    loss = loss_fn(logits)
-    total = tf.reduce_sum(loss)  # per-example gradients, independent of the batch size
-  grad = tape.gradient(total, point, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-  return logits, loss, tf.ensure_shape(tf.cast(grad, point.dtype), point.shape)  # as pgd's
+def _loss_and_grad(predict, loss_fn, point, eot_iter=1):
+  """(logits, loss, gradient) at `point`. With eot_iter > 1 the gradient is the mean over that many
+  passes of a random model and the logits and loss are the last pass's, as the reference."""
+  def one_pass():
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+      tape.watch(point)
+      logits = tf.cast(predict(point), tf.float32)
+      loss = loss_fn(logits)
+      total = tf.reduce_sum(loss)  # per-example gradients, independent of the batch size
+    grad = tape.gradient(total, point, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return logits, loss, tf.ensure_shape(tf.cast(grad, point.dtype), point.shape)  # as pgd's
+
+  logits, loss, grad = one_pass()
+  if eot_iter == 1:
+    return logits, loss, grad
+
+  def draw(k, logits, loss, grad_sum):
+    logits, loss, grad = one_pass()
+    return k + 1, logits, loss, grad_sum + grad
+
+  # A loop, not eot_iter copies of the model in the graph.
+  _, logits, loss, grad_sum = tf.while_loop(lambda k, *_: k < eot_iter, draw,
+                                            (tf.constant(1), logits, loss, grad))
+  return logits, loss, grad_sum / eot_iter
 
 
-def _single_run(predict, loss_fn, x, y, eps, seeds, norm, nb_iter, rho, clip_min, clip_max):
+def _single_run(predict, loss_fn, x, y, eps, seeds, norm, nb_iter, rho, clip_min, clip_max,
+                eot_iter=1):
   """One APGD run (the reference's `attack_single_run`): returns (x_out, fooled) per example.
 
-  nb_iter + 1 forward-backward passes: one at the start and one per iteration. Returns a dict:
+  (nb_iter + 1) * eot_iter forward-backward passes: at the start and per iteration. Returns a dict:
   x_out, the most recent misclassified iterate (the start x^0 if none); fooled, whether any
   iterate was; and x_best, loss_best, step (the final step sizes), for tests.
   """
@@ -155,7 +178,7 @@ def _single_run(predict, loss_fn, x, y, eps, seeds, norm, nb_iter, rho, clip_min
 
   x0 = tf.clip_by_value(x + e * _normalize(norm, _random_direction(norm, seeds, x)),
                         clip_min, clip_max)
-  logits, loss0, grad0 = _loss_and_grad(predict, loss_fn, x0)
+  logits, loss0, grad0 = _loss_and_grad(predict, loss_fn, x0, eot_iter)
   fooled0 = tf.not_equal(tf.argmax(logits, -1, output_type=tf.int32), y)
   step0 = 2.0 * eps
   # The first comparison of the first window reads a zero-initialised history row in the
@@ -169,7 +192,7 @@ def _single_run(predict, loss_fn, x, y, eps, seeds, norm, nb_iter, rho, clip_min
     z = _project(norm, x, x_cur + expand(step) * direction, e, clip_min, clip_max)
     x_new = _project(norm, x, x_cur + a * (z - x_cur) + (1 - a) * (x_cur - x_prev), e,
                      clip_min, clip_max)
-    logits, loss, grad_new = _loss_and_grad(predict, loss_fn, x_new)
+    logits, loss, grad_new = _loss_and_grad(predict, loss_fn, x_new, eot_iter)
 
     wrong = tf.not_equal(tf.argmax(logits, -1, output_type=tf.int32), y)
     fooled = fooled | wrong
@@ -204,7 +227,7 @@ def _single_run(predict, loss_fn, x, y, eps, seeds, norm, nb_iter, rho, clip_min
 
 # ------------------------------------------------------------------------------------ validation
 
-def _check_options(norm, loss, nb_iter, n_restarts, rho, target_rank):
+def _check_options(norm, loss, nb_iter, n_restarts, rho, target_rank, eot_iter=1):
   if norm not in ('Linf', 'L2'):
     norm = norms_lib.get_norm(norm).name  # raises on unknown names; accepts 'linf', 'l2'
   if loss not in LOSSES:
@@ -214,11 +237,13 @@ def _check_options(norm, loss, nb_iter, n_restarts, rho, target_rank):
   if (isinstance(n_restarts, bool) or not isinstance(n_restarts, numbers.Integral)
       or n_restarts < 1):
     raise ValueError(f'n_restarts must be an int >= 1; got {n_restarts!r}.')
+  if isinstance(eot_iter, bool) or not isinstance(eot_iter, numbers.Integral) or eot_iter < 1:
+    raise ValueError(f'eot_iter must be an int >= 1 (gradient passes per step); got {eot_iter!r}.')
   if not 0.0 <= float(rho) <= 1.0:
     raise ValueError(f'rho must lie in [0, 1] (the reference uses 0.75); got {rho}.')
-  if loss == 'dlr_targeted':
+  if loss in TARGETED:
     if target_rank is None:
-      raise ValueError("loss='dlr_targeted' needs target_rank: the rank (2..K) of the target class "
+      raise ValueError(f"loss={loss!r} needs target_rank: the rank (2..K) of the target class "
                        'among the clean logits, e.g. target_rank=2 for the runner-up class.')
     if tf.is_tensor(target_rank):  # a scalar int tensor: one trace for every rank
       if target_rank.shape.rank != 0 or not target_rank.dtype.is_integer:
@@ -226,8 +251,8 @@ def _check_options(norm, loss, nb_iter, n_restarts, rho, target_rank):
     elif isinstance(target_rank, bool) or not isinstance(target_rank, numbers.Integral):
       raise ValueError(f'target_rank must be an int in [2, K]; got {target_rank!r}.')
   elif target_rank is not None:
-    raise ValueError(f"target_rank only applies to loss='dlr_targeted' (got loss={loss!r}); "
-                     'drop target_rank or use the targeted loss.')
+    raise ValueError(f'target_rank only applies to the targeted losses {list(TARGETED)} (got '
+                     f'loss={loss!r}); drop target_rank or use a targeted loss.')
   return norm
 
 
@@ -237,12 +262,11 @@ def _check_classes(num_classes, loss, target_rank):
     return  # unknown statically: nothing to check on the host
   if loss == 'dlr' and num_classes < 3:
     raise ValueError(f'The DLR loss needs at least 3 classes; the model has {num_classes}. '
-                     "Use loss='ce'.")
-  if loss == 'dlr_targeted':
-    if num_classes < 4:
-      raise ValueError(f'The targeted DLR loss (APGD-T) needs at least 4 classes; the model has '
-                       f"{num_classes}. Use loss='ce'" + (" or loss='dlr'." if num_classes == 3
-                                                          else '.'))
+                     "Use loss='lm' (its numerator) or loss='ce'.")
+  if loss == 'dlr_targeted' and num_classes < 4:
+    raise ValueError(f'The targeted DLR loss (APGD-T) needs at least 4 classes; the model has '
+                     f"{num_classes}. Use loss='ce_targeted'.")
+  if loss in TARGETED:
     if not tf.is_tensor(target_rank) and not 2 <= target_rank <= num_classes:
       raise ValueError(f'target_rank must lie in [2, {num_classes}] (rank 1 is the predicted '
                        f'class); got {target_rank}.')
@@ -251,7 +275,7 @@ def _check_classes(num_classes, loss, target_rank):
 # ------------------------------------------------------------------------------------ public API
 
 def _apgd_from_clean(predict, x, y, eps, clean_logits, *, norm, loss, nb_iter, n_restarts, rho,
-                     target_rank, seed, clip_min, clip_max):
+                     target_rank, seed, clip_min, clip_max, eot_iter=1):
   """APGD given the clean logits (validated arguments); returns (x_adv, success)."""
   batch_size = tf.shape(x)[0]
   eps = per_example_vector(eps, batch_size, x.dtype)
@@ -261,9 +285,14 @@ def _apgd_from_clean(predict, x, y, eps, clean_logits, *, norm, loss, nb_iter, n
     loss_fn = lambda logits: losses_lib.cross_entropy(logits, y)
   elif loss == 'dlr':
     loss_fn = lambda logits: losses_lib.dlr_loss(logits, y)
+  elif loss == 'lm':
+    loss_fn = lambda logits: losses_lib.logit_margin(logits, y)
   else:
     targets = losses_lib.target_by_rank(clean_logits, target_rank)
-    loss_fn = lambda logits: losses_lib.targeted_dlr_loss(logits, y, targets)
+    if loss == 'dlr_targeted':
+      loss_fn = lambda logits: losses_lib.targeted_dlr_loss(logits, y, targets)
+    else:  # maximised: the reference's -CE(z, t)
+      loss_fn = lambda logits: -losses_lib.cross_entropy(logits, targets)
   stream = _fold_in(seeds, 0 if target_rank is None else target_rank)
 
   fooled = tf.not_equal(tf.argmax(clean_logits, -1, output_type=tf.int32), y)
@@ -276,7 +305,7 @@ def _apgd_from_clean(predict, x, y, eps, clean_logits, *, norm, loss, nb_iter, n
 
     def attack(run_eps=run_eps, run_seeds=run_seeds):
       out = _single_run(predict, loss_fn, x, y, run_eps, run_seeds, norm, nb_iter, rho,
-                        clip_min, clip_max)
+                        clip_min, clip_max, eot_iter)
       return out['x_out'], out['fooled']
 
     x_run, fooled_run = tf.cond(tf.reduce_any(active), attack,
@@ -288,37 +317,40 @@ def _apgd_from_clean(predict, x, y, eps, clean_logits, *, norm, loss, nb_iter, n
 
 
 def apgd(predict, x, y, eps, *, norm='Linf', loss='ce', nb_iter=100, n_restarts=1, rho=0.75,
-         target_rank=None, seed=0, clip_min=0.0, clip_max=1.0):
+         target_rank=None, eot_iter=1, seed=0, clip_min=0.0, clip_max=1.0):
   """APGD (Croce & Hein 2020) with the reference code's step-size rules; returns (x_adv, success).
 
   Args:
     predict: callable images -> logits (inference mode).
     x: images [B, ...] inside [clip_min, clip_max]. y: integer labels [B].
     eps: radius, scalar or one per example [B]; 0 leaves an example unchanged.
-    norm: 'Linf' or 'L2'. loss: 'ce' (APGD-CE), 'dlr' (untargeted DLR, needs >= 3 classes) or
+    norm: 'Linf' or 'L2'. loss: 'ce' (APGD-CE), 'dlr' (untargeted DLR, needs >= 3 classes),
       'dlr_targeted' (needs >= 4 classes and target_rank: the target is the class with the
-      target_rank-th largest clean logit).
+      target_rank-th largest clean logit), 'ce_targeted' (-CE toward that target; any K) or 'lm'
+      (the logit margin max_{j != y} z_j - z_y).
     nb_iter: iterations per run (a Python int: it fixes the checkpoint schedule).
     n_restarts: runs from fresh random starts; each one attacks only the examples still robust.
     rho: the oscillation threshold of C1.
+    eot_iter: forward-backward passes per step whose gradients are averaged (Expectation over
+      Transformation, for models with randomness at inference; AutoAttack's rand version: 20).
     seed: int, a [2] stateless seed, or per-example seeds [B, 2]. Pass per-example seeds to get
       the same per-example results after compacting a batch.
   Returns:
     x_adv [B, ...]: the most recent misclassified iterate where the attack succeeded, x where it
       did not (and for clean-misclassified examples); success bool [B]: argmax != y at x_adv,
       tracked at every iterate including the random start (no extra forward pass).
-  Cost: 1 forward pass, and at most n_restarts * (nb_iter + 1) forward+backward passes (a restart
-  with no example left to attack is skipped).
+  Cost: 1 forward pass, and at most n_restarts * (nb_iter + 1) * eot_iter forward+backward passes
+  (a restart with no example left to attack is skipped).
   """
   check_attack_inputs(x, y, eps, clip_min, clip_max)
-  norm = _check_options(norm, loss, nb_iter, n_restarts, rho, target_rank)
+  norm = _check_options(norm, loss, nb_iter, n_restarts, rho, target_rank, eot_iter)
   x = tf.convert_to_tensor(x)
   clean_logits = tf.cast(predict(x), tf.float32)
   _check_classes(clean_logits.shape[-1], loss, target_rank)
   return _apgd_from_clean(predict, x, y, eps, clean_logits, norm=norm, loss=loss,
                           nb_iter=int(nb_iter), n_restarts=int(n_restarts), rho=float(rho),
-                          target_rank=target_rank, seed=seed, clip_min=clip_min,
-                          clip_max=clip_max)
+                          target_rank=target_rank, eot_iter=int(eot_iter), seed=seed,
+                          clip_min=clip_min, clip_max=clip_max)
 
 
 def apgd_targeted(predict, x, y, eps, *, norm='Linf', nb_iter=100, n_target_classes=9,

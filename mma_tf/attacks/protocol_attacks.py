@@ -59,46 +59,82 @@ class Transfer(Attack):
     x_adv, _ = self.inner.run_stage(self.source, x, y, eps, seeds, stage)
     return x_adv, _misclassified(predict, x_adv, y)
 
-
   def describe(self):
     return f'transfer({self.inner.describe()} on the source model)'
+
+
+# Losses a small classifier cannot compute, and what replaces them: {loss: (classes needed,
+# replacement, description)}. The replacements are defined for any 2 classes: the reference code's
+# own targeted cross-entropy (`ce_loss_targeted`) and DLR's numerator, the logit margin.
+_LOSS_FALLBACK = {
+    'dlr': (3, 'lm', "the logit margin (DLR's numerator) instead of DLR, which needs 3 classes"),
+    'dlr_targeted': (4, 'ce_targeted', 'targeted cross-entropy (the reference code\'s '
+                     'ce-targeted loss) instead of targeted DLR, which needs 4 classes'),
+}
+
+
+def _defined_loss(attack, num_classes):
+  """(attack, notes): the attack with a loss that `num_classes` classes define."""
+  if attack.loss in _LOSS_FALLBACK and num_classes < _LOSS_FALLBACK[attack.loss][0]:
+    _, loss, why = _LOSS_FALLBACK[attack.loss]
+    return dataclasses.replace(attack, loss=loss), [f'{attack.name}: {why}']
+  return attack, []
+
+
+def _fewer_targets(attack, num_classes):
+  """The note for a targeted attack that has fewer classes to target than it was asked for."""
+  if num_classes - 1 >= attack.n_target_classes:
+    return []
+  others = 'the other one' if num_classes == 2 else 'all the others'
+  return [f'{attack.name}: {num_classes - 1} target class{"es" if num_classes > 2 else ""} '
+          f'({others}) instead of {attack.n_target_classes}']
 
 
 @register('apgd-ce')
 @dataclasses.dataclass
 class APGDCE(Attack):
-  """APGD with cross-entropy, one run (AutoAttack standard)."""
+  """APGD with cross-entropy, one run (AutoAttack standard); with eot_iter > 1 each step follows
+  the mean gradient of that many forward-backward passes (AutoAttack's rand version: 20)."""
   nb_iter: int = 100
-  loss = 'ce'
+  loss: str = 'ce'
+  eot_iter: int = 1
+
+  def for_classes(self, num_classes):
+    return _defined_loss(self, num_classes)
 
   def run_stage(self, predict, x, y, eps, seeds, stage):
     return apgd(predict, x, y, eps, norm=self.norm, loss=self.loss, nb_iter=self.nb_iter,
-                seed=seeds)
+                eot_iter=self.eot_iter, seed=seeds)
 
 
 @register('apgd-dlr')
 @dataclasses.dataclass
 class APGDDLR(APGDCE):
-  """APGD with the untargeted DLR loss (AutoAttack 'plus' / 'rand' versions); needs 3 classes."""
-  loss = 'dlr'
-  min_classes = 3
+  """APGD with the untargeted DLR loss (AutoAttack 'plus' / 'rand' versions); below 3 classes,
+  the logit margin."""
+  loss: str = 'dlr'
 
 
 @register('apgd-t')
 @dataclasses.dataclass
 class APGDT(Attack):
   """APGD with the targeted DLR loss, one run per target: the classes ranked 2..n+1 by clean
-  logit, each on the points the earlier targets left robust. Needs 4 classes."""
+  logit, each on the points the earlier targets left robust. Below 4 classes the loss is targeted
+  cross-entropy, toward each of the K-1 other classes."""
   nb_iter: int = 100
   n_target_classes: int = 9
-  min_classes = 4
+  loss: str = 'dlr_targeted'
   stage_is_tensor = True
 
   def num_stages(self, num_classes):
     return min(self.n_target_classes, num_classes - 1)
 
+  def for_classes(self, num_classes):
+    attack, changes = _defined_loss(self, num_classes)
+    return attack, changes + _fewer_targets(self, num_classes)
+
   def run_stage(self, predict, x, y, eps, seeds, stage):
-    return apgd(predict, x, y, eps, norm=self.norm, loss='dlr_targeted', nb_iter=self.nb_iter,
+    return apgd(predict, x, y, eps, norm=self.norm, loss=self.loss, nb_iter=self.nb_iter,
                 target_rank=stage + 2, seed=seeds)
 
 
@@ -113,6 +149,9 @@ class FABT(Attack):
 
   def num_stages(self, num_classes):
     return min(self.n_target_classes, num_classes - 1)
+
+  def for_classes(self, num_classes):
+    return self, _fewer_targets(self, num_classes)
 
   def run_stage(self, predict, x, y, eps, seeds, stage):
     x_adv, success, _ = fab(predict, x, y, eps, norm=self.norm, nb_iter=self.nb_iter,

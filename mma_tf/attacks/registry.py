@@ -3,7 +3,8 @@
 An attack runs in stages (restarts, target classes); the evaluator runs each stage only on the
 points still robust, compacting them between stages. A stage is a pure function of
 (predict, x, y, eps [B], seeds [B, 2]) returning (x_adv, success [B]), with x_adv inside the eps
-ball and [0, 1] and success = misclassified at x_adv.
+ball and [0, 1] and success = misclassified at x_adv. The evaluator does not take `success` on
+trust: it counts a point as broken only where a fresh forward pass at x_adv agrees.
 
   @register('my-attack')
   class MyAttack(Attack):
@@ -11,6 +12,8 @@ ball and [0, 1] and success = misclassified at x_adv.
       ...
 """
 import dataclasses
+
+from mma_tf.setting_names import setting
 
 ATTACKS = {}
 
@@ -28,7 +31,15 @@ def register(name):
 
 @dataclasses.dataclass
 class Attack:
-  """Base class. Subclasses are dataclasses whose fields are the attack's hyperparameters."""
+  """Base class. Subclasses are dataclasses whose fields are the attack's hyperparameters.
+
+  The evaluator compiles each stage once and reuses the compiled function for every attack with
+  an equal `cache_key()`, across evaluate() calls on the same model. So the key must capture
+  everything `run_stage` depends on besides its arguments. The default does this for attacks
+  whose state is their dataclass fields: plain values are compared by value, nested attacks by
+  their own key, and anything else (a source model, a function) by identity. An attack that
+  closes over state outside its fields must override `cache_key` (or return None: not cached).
+  """
   norm: str = 'Linf'
   name = None          # set by @register
   min_classes = 2      # fewer classes than this is refused before any attack runs
@@ -41,7 +52,13 @@ class Attack:
     """Raises ValueError when the attack cannot run on a `num_classes`-way classifier."""
     if num_classes < self.min_classes:
       raise ValueError(f'{self.name} needs a classifier with at least {self.min_classes} '
-                       f'classes; this one has {num_classes}. Drop it from --attacks.')
+                       f'classes; this one has {num_classes}. Remove it from '
+                       f'{setting("attacks")}.')
+
+  def for_classes(self, num_classes):
+    """(attack, changes): the attack as it runs on a `num_classes`-way classifier that `check`
+    accepted, and sentences saying what differs from its settings (none: runs as configured)."""
+    return self, []
 
   # True when run_stage takes `stage` as a scalar int tensor (one trace for all stages).
   stage_is_tensor = False
@@ -54,10 +71,27 @@ class Attack:
     """Name of the attack's random stream (seeds are keyed by it, the stage and the index)."""
     return self.name
 
+  def cache_key(self):
+    """What identifies this attack's computation (see the class docstring); None: never cached.
+    Identities are safe here: a cached function holds its attack, so no object it names is freed
+    and its id reused while the key is in use."""
+    return (type(self),) + tuple(_key_of(getattr(self, f.name))
+                                 for f in dataclasses.fields(self))
+
   def describe(self):
     fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != 'norm'}
     return f'{self.name}(' + ', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}'
                                       for k, v in fields.items()) + ')'
+
+
+def _key_of(value):
+  if isinstance(value, Attack):
+    return value.cache_key()
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  if isinstance(value, tuple):
+    return tuple(_key_of(v) for v in value)
+  return ('identity', id(value))
 
 
 def get_attack(name, norm, **params):

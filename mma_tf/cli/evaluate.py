@@ -3,24 +3,31 @@
   mma-evaluate --saved_model=runs/mnist_5k-Linf-mma/export --dataset=mnist_5k --norm=Linf
 
 Default protocol: AutoAttack's standard version (APGD-CE, APGD-T, FAB-T, Square), each on the
-points still robust. --protocol=paper runs the MMA paper's PGD restarts (half cross-entropy, half
-CW, optional transfer from --source_saved_model); --protocol=all runs both on the same points.
+points still robust (adapted, and then called AutoAttack-like, for models with fewer than 10
+classes). --protocol=rand runs AutoAttack's version for models with randomness at inference (APGD
+with EOT); --protocol=paper the MMA paper's PGD restarts (half cross-entropy, half CW, optional
+transfer from --source_saved_model); --protocol=all AutoAttack and the paper's on the same points.
 Also margin estimates and gradient-masking checks. Writes results.json, results.md,
-per_example.npz and PNG plots to --output_dir.
+per_example.npz and PNG plots to --output_dir. --split=validation takes the training run's
+validation split from its config.json next to the export, when there is one.
 """
+import json
 import os
 import sys
 
 from absl import app, flags
 
 from mma_tf import data as data_lib
+from mma_tf import setting_names
 from mma_tf.cli import common
 
 F = flags.FLAGS
 flags.DEFINE_string('saved_model', None, 'SavedModel directory to evaluate.')
-flags.DEFINE_enum('protocol', 'autoattack', ['autoattack', 'paper', 'all'],
+flags.DEFINE_enum('protocol', 'autoattack', ['autoattack', 'paper', 'all', 'rand'],
                   "autoattack: AutoAttack's standard version; paper: the MMA paper's PGD "
-                  'restarts; all: both on the same points, and their worst case.')
+                  'restarts; all: both on the same points, and their worst case; rand: '
+                  "AutoAttack's version for models with randomness at inference (APGD-CE and "
+                  'APGD-DLR with EOT).')
 flags.DEFINE_list('attacks', None, 'Run only these attacks, in this order (overrides --protocol): '
                   'apgd-ce, apgd-dlr, apgd-t, fab-t, square, pgd.')
 flags.DEFINE_string('source_saved_model', None,
@@ -30,7 +37,8 @@ flags.DEFINE_string('signature', None, "Signature of --saved_model to call (defa
 flags.DEFINE_string('dataset', 'mnist_5k', 'Evaluation data, as mma-train\'s --dataset: '
                     f'{", ".join(sorted(data_lib.DATASETS))}, tfds:NAME or npz:PATH.')
 flags.DEFINE_integer('num_validation', None, 'With --split=validation: the validation size the '
-                     'model was trained with, if not the dataset\'s default.')
+                     'model was trained with (default: from the run\'s config.json next to the '
+                     'export, else the dataset\'s default).')
 flags.DEFINE_enum('split', 'test', ['test', 'validation'], 'Which split.')
 flags.DEFINE_string('tfds_data_dir', None, 'TFDS data directory (mnist, cifar10, tfds:NAME).')
 flags.DEFINE_enum('norm', 'Linf', ['Linf', 'L2'], 'Threat model.')
@@ -44,6 +52,8 @@ flags.DEFINE_integer('apgd_nb_iter', 100, 'APGD iterations (AutoAttack standard:
 flags.DEFINE_integer('fab_nb_iter', 100, 'FAB iterations per target (standard: 100).')
 flags.DEFINE_integer('n_target_classes', 9, 'Targets of APGD-T and FAB-T (standard: 9).')
 flags.DEFINE_integer('square_queries', 5000, 'Square queries (standard: 5000).')
+flags.DEFINE_integer('eot_iter', None, 'APGD gradient passes averaged per step (EOT; default 20 '
+                     'with --protocol=rand, as the reference, else 1).')
 flags.DEFINE_list('margins', ['anpgd', 'pgd_bisection', 'fab'],
                   'Margin estimates: anpgd, pgd_bisection, fab (empty: none).')
 flags.DEFINE_float('margin_maxeps', None, 'Upper end of the margin searches (default 1.5 x max '
@@ -62,12 +72,62 @@ flags.DEFINE_bool('overwrite', False, 'Replace an existing report in --output_di
 flags.DEFINE_bool('verbose_tf', False, 'Show TensorFlow C++ logs.')
 flags.mark_flag_as_required('saved_model')
 
+# EvalConfig fields whose flag has another name (messages name settings as flags).
+_FLAG_NAMES = {'margin_estimates': 'margins', 'rel_step': 'step_fraction'}
+
+
+def _recorded_validation(saved_model, dataset):
+  """What the training run of `saved_model` used as its validation split, from its config.json
+  (<saved_model>/../config.json): {'path', 'num_validation', 'indices' (or None: the first
+  num_validation training images)}; None when there is no record for `dataset`."""
+  path = os.path.join(os.path.dirname(os.path.abspath(saved_model.rstrip('/'))), 'config.json')
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{path} is unreadable ({e}); restore it, or pass --num_validation and '
+                     'evaluate a copy of the export without it.') from e
+  identity = record.get('data') or {}
+  if record.get('dataset') != dataset:
+    print(f'{path} records a run on {record.get("dataset")!r}, not {dataset!r}: its validation '
+          'split does not apply.', flush=True)
+    return None
+  indices = identity.get('validation_split')
+  if indices is not None and not (isinstance(indices, list)
+                                  and all(isinstance(i, int) for i in indices)):
+    raise ValueError(f'{path}: data.validation_split is not a list of training-set indices '
+                     f'({str(indices)[:80]}); this mma-evaluate cannot rebuild that split.')
+  num_validation = identity.get('num_validation', record.get('num_validation'))
+  return {'path': path, 'indices': indices,
+          'num_validation': len(indices) if indices is not None else num_validation}
+
+
+def _validation_split(data, recorded, limit):
+  """(images, labels, indices, which images they are and where that came from)."""
+  if recorded and recorded['indices'] is not None:
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    if not hasattr(data, 'train_images'):
+      raise ValueError(f'{recorded["path"]} lists the validation images by index; that needs a '
+                       f'dataset held in memory, and {data.name} is streamed.')
+    chosen = np.asarray(recorded['indices'][:limit], np.int64)
+    images = data_lib._to_unit_np(data.train_images[chosen])  # pylint: disable=protected-access
+    return (images, data.train_labels[chosen], np.arange(len(chosen), dtype=np.int32),
+            f'the {data.num_validation} training images listed in {recorded["path"]}')
+  images, labels, index = data.eval_split('validation', limit=limit)
+  source = (f'num_validation from {recorded["path"]}' if recorded else '--num_validation'
+            if F.num_validation is not None else
+            "the dataset's default; no config.json next to the export")
+  return images, labels, index, f'the first {data.num_validation} training images ({source})'
+
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   out_dir = F.output_dir or os.path.join(
       os.path.dirname(os.path.abspath(F.saved_model.rstrip('/'))), f'eval-{F.split}-{F.norm}')
+  setting_names.use_flags(_FLAG_NAMES)
   try:
     # Flag errors before TensorFlow starts.
     if os.path.exists(out_dir) and os.listdir(out_dir) and not F.overwrite:
@@ -77,6 +137,14 @@ def main(argv):
       raise ValueError(f'--num_examples must be >= 1; got {F.num_examples}.')
     eps = common.parse_radii(F.eps, '--eps') if F.eps else None
     data_lib.describe_dataset_name(F.dataset)
+    recorded = _recorded_validation(F.saved_model, F.dataset) if F.split == 'validation' else None
+    num_validation = F.num_validation
+    if recorded:
+      if num_validation not in (None, recorded['num_validation']):
+        raise ValueError(f'--num_validation={num_validation}, but the run trained with '
+                         f'{recorded["num_validation"]} validation images ({recorded["path"]}); '
+                         'drop --num_validation.')
+      num_validation = recorded['num_validation']
     common.optional_import('matplotlib', 'plots', "The report's PNG plots")
     common.import_tensorflow(F.verbose_tf)
     from mma_tf import evaluation, export, trainer
@@ -88,9 +156,9 @@ def main(argv):
         rel_step=F.step_fraction or evaluation.default_rel_step(F.dataset, F.norm),
         apgd_nb_iter=F.apgd_nb_iter, fab_nb_iter=F.fab_nb_iter,
         n_target_classes=F.n_target_classes, square_queries=F.square_queries,
-        margin_estimates=tuple(m for m in F.margins if m), margin_maxeps=F.margin_maxeps,
-        margin_nb_iter=F.margin_nb_iter, batch_size=F.batch_size, seed=F.seed,
-        jit_compile=F.jit_compile)
+        eot_iter=F.eot_iter, margin_estimates=tuple(m for m in F.margins if m),
+        margin_maxeps=F.margin_maxeps, margin_nb_iter=F.margin_nb_iter,
+        batch_size=F.batch_size, seed=F.seed, jit_compile=F.jit_compile)
     builtin = data_lib.DATASETS.get(F.dataset)  # its shape is known before any download
     if builtin:
       config.validate(builtin.image_shape)
@@ -105,15 +173,20 @@ def main(argv):
         f'are {tuple(shape)}; evaluate on the dataset the model was trained for.')
     if builtin and not input_spec.shape[1:].is_compatible_with(builtin.image_shape):
       raise shape_clash(builtin.image_shape)
-    data = data_lib.load(F.dataset, F.tfds_data_dir, num_validation=F.num_validation)
+    data = data_lib.load(F.dataset, F.tfds_data_dir, num_validation=num_validation)
     config.validate(data.image_shape)
     if not input_spec.shape[1:].is_compatible_with(data.image_shape):
       raise shape_clash(data.image_shape)
-    images, labels, _ = data.eval_split(F.split, limit=F.num_examples)
+    split = 'the test split'
+    if F.split == 'validation':
+      images, labels, _, which = _validation_split(data, recorded, F.num_examples)
+      split = f'the validation split: {which}'
+    else:
+      images, labels, _ = data.eval_split(F.split, limit=F.num_examples)
     attacks = ', '.join(f'{p}: {" -> ".join(a.name for a in attack_list)}'
                         for p, attack_list in config.protocol_attacks().items())
-    print(f'Evaluating {F.saved_model} on {len(labels)} {F.dataset} {F.split} images, {F.norm} '
-          f'eps {", ".join(f"{e:g}" for e in eps)} on {strategy.num_replicas_in_sync} '
+    print(f'Evaluating {F.saved_model} on {len(labels)} {F.dataset} images ({split}), '
+          f'{F.norm} eps {", ".join(f"{e:g}" for e in eps)} on {strategy.num_replicas_in_sync} '
           f'replica(s); {attacks}{" + transfer" if source else ""}', flush=True)
     results, per_example = evaluation.evaluate(
         predict, images, labels, config, source, progress=lambda t: print(f'  {t}', flush=True),
@@ -122,7 +195,7 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr)
     return 2
   results.update(saved_model=os.path.abspath(F.saved_model), dataset=F.dataset, split=F.split,
-                 source_saved_model=F.source_saved_model)
+                 split_images=split, source_saved_model=F.source_saved_model)
   title = f'{F.saved_model} ({F.dataset} {F.split})'
   if trainer.is_chief(strategy):
     evaluation.write_report(results, per_example, out_dir, title=title)

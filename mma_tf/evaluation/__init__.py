@@ -2,9 +2,10 @@
 
 One package for training-time validation and `mma-evaluate`: one notion of "correct"
 (`common.is_correct`), one seed scheme (named streams keyed by dataset index), one padding rule.
-`evaluate` runs, per eps, the attacks of the chosen protocol (`protocols`: AutoAttack, the MMA
-paper's PGD restarts, or both) on the points still robust (`runner`), the margin estimates
-(`margins`) and the sanity checks (`sanity`); `report` writes JSON, Markdown, NPZ and plots.
+`evaluate` runs, per eps, the attacks of the chosen protocol (`protocols`: AutoAttack, its rand
+version, the MMA paper's PGD restarts, or both) on the points still robust (`runner`), the margin
+estimates (`margins`) and the sanity checks (`sanity`); `report` writes JSON, Markdown, NPZ and
+plots.
 """
 import time
 
@@ -15,14 +16,15 @@ from mma_tf.attacks import check_attack_inputs
 from mma_tf.attacks.protocol_attacks import Transfer
 from mma_tf.evaluation import margins, sanity
 from mma_tf.evaluation.common import is_correct
-from mma_tf.evaluation.protocols import (AUTOATTACK, DEFAULT_EPS, PAPER, PROTOCOLS, EvalConfig,
-                                         default_eps, default_rel_step)
+from mma_tf.evaluation.protocols import (AUTOATTACK, DEFAULT_EPS, PAPER, PROTOCOLS, RAND,
+                                         EvalConfig, default_eps, default_rel_step,
+                                         protocol_label)
 from mma_tf.evaluation.report import markdown_table, write_report
 from mma_tf.evaluation.runner import Runner, run_attacks
 
-__all__ = ['AUTOATTACK', 'DEFAULT_EPS', 'PAPER', 'PROTOCOLS', 'EvalConfig', 'Runner', 'default_eps',
-           'default_rel_step', 'evaluate', 'markdown_table', 'num_classes_of', 'runner_for',
-           'write_report']
+__all__ = ['AUTOATTACK', 'DEFAULT_EPS', 'PAPER', 'PROTOCOLS', 'RAND', 'EvalConfig', 'Runner',
+           'default_eps', 'default_rel_step', 'evaluate', 'markdown_table', 'num_classes_of',
+           'runner_for', 'write_report']
 
 
 def runner_for(predict, config, strategy=None):
@@ -55,7 +57,27 @@ def num_classes_of(predict, images):
   if logits.shape.rank != 2:
     raise ValueError(f'The model must return logits [batch, classes]; it returned shape '
                      f'{logits.shape}.')
+  if logits.shape[-1] < 2:
+    raise ValueError(f'The model returns {logits.shape[-1]} logit per example; attacks need one '
+                     'per class (at least 2). For a binary model with one logit z, return '
+                     '[0, z].')
   return int(logits.shape[-1])
+
+
+def _attacks_for(config, num_classes, source_predict):
+  """{protocol: [Attack]} adapted to a `num_classes`-way model (with transfer attacks from
+  `source_predict`), and {protocol: sentences naming every departure from its reference}."""
+  protocols, changes = config.protocol_attacks(), {}
+  for name, attacks in protocols.items():
+    if source_predict is not None and name != 'autoattack':
+      attacks += [Transfer(norm=a.norm, inner=a, source=source_predict)
+                  for a in list(attacks) if a.name == 'pgd']
+    changes[name] = config.budget_changes(name)
+    for i, a in enumerate(attacks):
+      a.check(num_classes)
+      attacks[i], notes = a.for_classes(num_classes)
+      changes[name] += notes
+  return protocols, changes
 
 
 def _quartiles(v):
@@ -81,19 +103,14 @@ def evaluate(predict, images, labels, config, source_predict=None, progress=None
   labels = np.asarray(labels, np.int32)
   config.validate(images.shape[1:])
   check_attack_inputs(images, labels, max(config.eps))
-  protocols = config.protocol_attacks()
-  if source_predict is not None:
-    for name, attacks in protocols.items():
-      if name != 'autoattack':
-        attacks += [Transfer(norm=a.norm, inner=a, source=source_predict)
-                    for a in list(attacks) if a.name == 'pgd']
   num_classes = num_classes_of(predict, images)
-  if num_classes > 0 and np.any((labels < 0) | (labels >= num_classes)):
+  if np.any((labels < 0) | (labels >= num_classes)):
     raise ValueError(f'Labels must lie in [0, {num_classes}) for this {num_classes}-class model.')
-  for attacks in protocols.values():
-    for a in attacks:
-      a.check(num_classes)
+  protocols, changes = _attacks_for(config, num_classes, source_predict)
   log = progress or (lambda text: None)
+  for p, notes in changes.items():
+    if notes:
+      log(f'{p}: {protocol_label(p, notes)}:' + ''.join(f'\n    - {n}' for n in notes))
   runner = runner or runner_for(predict, config, strategy)
   n = len(labels)
   index = np.arange(n, dtype=np.int32)
@@ -118,8 +135,8 @@ def evaluate(predict, images, labels, config, source_predict=None, progress=None
   keys = [f'{e:g}' for e in eps_list]
   per_protocol = {p: {'attacks': [a.name for a in attacks],
                       'attack_config': [a.describe() for a in attacks],
-                      'robust': [], 'broken_by': [], 'adv_norm': [],
-                      'acc_after': {}, 'seconds': {a.name: 0.0 for a in attacks}}
+                      'robust': [], 'broken_by': [], 'adv_norm': [], 'acc_after': {},
+                      'unconfirmed': {}, 'seconds': {a.name: 0.0 for a in attacks}}
                   for p, attacks in protocols.items()}
   noise = np.zeros((len(eps_list), n), bool)
   noise_fn = sanity.noise_fn(predict, config.norm, config.seed, max(config.nb_restart, 4))
@@ -132,6 +149,7 @@ def evaluate(predict, images, labels, config, source_predict=None, progress=None
       r['broken_by'].append(out['broken_by'])
       r['adv_norm'].append(out['adv_norm'])
       r['acc_after'][keys[e_i]] = dict(zip(r['attacks'], out['acc_after']))
+      r['unconfirmed'][keys[e_i]] = dict(zip(r['attacks'], out['unconfirmed']))
       for a, s in zip(r['attacks'], out['seconds']):
         r['seconds'][a] += s
     eps_vec = np.full(n, eps, np.float32)
@@ -146,7 +164,9 @@ def evaluate(predict, images, labels, config, source_predict=None, progress=None
       'norm': config.norm,
       'eps': eps_list,
       'protocol': config.protocol if not config.attacks else 'custom',
-      'standard_autoattack': config.is_standard_autoattack(),
+      # Exactly the standard attack list at the standard budgets, unchanged for this model.
+      'standard_autoattack': (config.is_standard_autoattack()
+                              and not changes.get('autoattack')),
       'clean_acc': float(clean.mean()),
       'robust_acc': {k: float(r.mean()) for k, r in zip(keys, robust)},
       'avg_rob_acc': float(robust.mean()),
@@ -155,10 +175,12 @@ def evaluate(predict, images, labels, config, source_predict=None, progress=None
   for p, r in per_protocol.items():
     rob = np.stack(r['robust'])
     results['protocols'][p] = {
+        'label': protocol_label(p, changes[p]), 'changes': changes[p],
         'attacks': r['attacks'], 'attack_config': r['attack_config'],
         'robust_acc': {k: float(v.mean()) for k, v in zip(keys, rob)},
         'avg_rob_acc': float(rob.mean()),
         'acc_after': r['acc_after'],
+        'unconfirmed': r['unconfirmed'],
         'seconds': {a: round(s, 2) for a, s in r['seconds'].items()},
     }
   best = np.min(np.stack(list(margin_values.values())), axis=0) if margin_values else None
@@ -170,7 +192,7 @@ def evaluate(predict, images, labels, config, source_predict=None, progress=None
   if best is not None:
     results['margin']['min_of_all'] = _quartiles(best)
     spread = np.max(np.stack(list(margin_values.values())), axis=0) - best
-    disagree = spread > 0.1 * np.maximum(best, 1e-12) + 1e-6
+    disagree = spread > sanity.MARGIN_SPREAD * np.maximum(best, 1e-12) + 1e-6
     results['margin']['disagreement_frac'] = (float(np.mean(disagree[clean])) if clean.any()
                                               else 0.0)
   results['margin']['note'] = ('per example over all examples (misclassified = 0); every '
@@ -180,6 +202,7 @@ def evaluate(predict, images, labels, config, source_predict=None, progress=None
   recount = is_correct(predict(tf.constant(images[:min(n, 7)])), labels[:min(n, 7)]).numpy()
   checks['clean_recount_mismatch'] = bool(np.any(recount != clean[:len(recount)]))
   checks['random_noise_acc'] = {k: float(v.mean()) for k, v in zip(keys, noise)}
+  checks.update(sanity.point_checks(keys, clean, robust, noise, per_protocol))
   results['sanity'] = checks
   checks['warnings'] = sanity.warnings_for(results)
   results['timing'] = {'seconds': round(seconds, 2),

@@ -2,6 +2,10 @@
 
 - 'autoattack': AutoAttack's standard version (Croce & Hein 2020): APGD-CE, APGD-T (9 targets),
   FAB-T (9 targets), Square (5000 queries), each on the points the earlier ones left robust.
+  Models with fewer than 10 classes get the ensemble adapted to them (fewer targets, and below 4
+  classes targeted cross-entropy for APGD-T): the report calls that AutoAttack-like.
+- 'rand': AutoAttack's version for models with randomness at inference: APGD-CE, then APGD-DLR,
+  one run each, every step following the mean gradient of 20 forward-backward passes (EOT).
 - 'paper': the MMA paper's whitebox protocol (docs/paper_notes.md 5.2): per eps, 10 PGD runs of
   100 iterations from random starts, half cross-entropy and half CW, step eps/40 for MNIST Linf and
   eps/4 otherwise; optional transfer attacks from a source model.
@@ -11,10 +15,20 @@ import dataclasses
 import math
 
 from mma_tf.attacks.registry import get_attack
+from mma_tf.setting_names import setting
 
 AUTOATTACK = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
+RAND = ('apgd-ce', 'apgd-dlr')
 PAPER = ('pgd',)
-PROTOCOLS = ('autoattack', 'paper', 'all')
+PROTOCOLS = ('autoattack', 'paper', 'all', 'rand')
+# The reference's budgets for its standard and rand versions (set_version in autoattack.py).
+STANDARD_BUDGETS = dict(apgd_nb_iter=100, fab_nb_iter=100, n_target_classes=9,
+                        square_queries=5000, eot_iter=1)
+RAND_BUDGETS = dict(apgd_nb_iter=100, eot_iter=20)
+_BUDGET_NAMES = dict(apgd_nb_iter='APGD iterations', fab_nb_iter='FAB-T iterations per target',
+                     n_target_classes='target classes of APGD-T and FAB-T',
+                     square_queries='Square queries',
+                     eot_iter='APGD gradient passes per step (EOT)')
 MARGIN_ESTIMATES = ('anpgd', 'pgd_bisection', 'fab')
 
 # The paper's eps lists (docs/paper_notes.md 5.3); the embedded digits use MNIST's.
@@ -29,7 +43,7 @@ DEFAULT_EPS = {
 def default_eps(dataset, norm):
   key = ('mnist' if dataset.startswith('mnist') else dataset, norm)
   if key not in DEFAULT_EPS:
-    raise ValueError(f'No default radii for {dataset} {norm}; give --eps.')
+    raise ValueError(f'No default radii for {dataset} {norm}; give {setting("eps")}.')
   return DEFAULT_EPS[key]
 
 
@@ -53,6 +67,7 @@ class EvalConfig:
   fab_nb_iter: int = 100
   n_target_classes: int = 9
   square_queries: int = 5000
+  eot_iter: int = None           # default: 20 for protocol 'rand' (the reference's), else 1
   # Margins and the rest.
   margin_estimates: tuple = ('anpgd', 'pgd_bisection', 'fab')
   margin_maxeps: float = None    # default: 1.5 x the largest eps
@@ -76,11 +91,13 @@ class EvalConfig:
                          f'{self.norm} on {tuple(image_shape)} images in [0, 1]. Radii are '
                          'fractions of the [0, 1] range (write 8/255, not 8).')
     for name in ('nb_iter', 'nb_restart', 'batch_size', 'margin_nb_iter', 'search_steps',
-                 'apgd_nb_iter', 'fab_nb_iter', 'n_target_classes', 'square_queries'):
-      if getattr(self, name) < 1:
-        raise ValueError(f'{name} must be >= 1; got {getattr(self, name)}.')
+                 'apgd_nb_iter', 'fab_nb_iter', 'n_target_classes', 'square_queries',
+                 'eot_iter'):
+      if getattr(self, name) is not None and getattr(self, name) < 1:
+        raise ValueError(f'{setting(name)} must be >= 1; got {getattr(self, name)}.')
     if not self.rel_step > 0:
-      raise ValueError(f'The step fraction must be > 0; got {self.rel_step}.')
+      raise ValueError(f'{setting("rel_step")} (the step fraction) must be > 0; got '
+                       f'{self.rel_step}.')
     for m in self.margin_estimates:
       if m not in MARGIN_ESTIMATES:
         raise ValueError(f'Unknown margin estimate {m!r}; choose from '
@@ -91,12 +108,16 @@ class EvalConfig:
   def maxeps(self):
     return self.margin_maxeps or 1.5 * max(self.eps)
 
+  @property
+  def apgd_eot_iter(self):
+    return self.eot_iter or (RAND_BUDGETS['eot_iter'] if self.protocol == 'rand' else 1)
+
   def attack_params(self, name):
     """This config's hyperparameters for the attack called `name` (others keep defaults)."""
     return {
         'pgd': dict(nb_iter=self.nb_iter, nb_restart=self.nb_restart, rel_step=self.rel_step),
-        'apgd-ce': dict(nb_iter=self.apgd_nb_iter),
-        'apgd-dlr': dict(nb_iter=self.apgd_nb_iter),
+        'apgd-ce': dict(nb_iter=self.apgd_nb_iter, eot_iter=self.apgd_eot_iter),
+        'apgd-dlr': dict(nb_iter=self.apgd_nb_iter, eot_iter=self.apgd_eot_iter),
         'apgd-t': dict(nb_iter=self.apgd_nb_iter, n_target_classes=self.n_target_classes),
         'fab-t': dict(nb_iter=self.fab_nb_iter, n_target_classes=self.n_target_classes),
         'square': dict(n_queries=self.square_queries),
@@ -109,10 +130,33 @@ class EvalConfig:
     elif self.protocol == 'all':
       names = {'autoattack': AUTOATTACK, 'paper': PAPER}
     else:
-      names = {self.protocol: AUTOATTACK if self.protocol == 'autoattack' else PAPER}
+      names = {self.protocol: {'autoattack': AUTOATTACK, 'rand': RAND,
+                               'paper': PAPER}[self.protocol]}
     return {p: [get_attack(a, self.norm, **self.attack_params(a)) for a in attack_names]
             for p, attack_names in names.items()}
 
+  def budget_changes(self, protocol):
+    """Sentences naming every budget of `protocol` (a key of protocol_attacks()) that differs
+    from the reference version it stands for; [] for protocols that are not AutoAttack's."""
+    budgets = {'autoattack': STANDARD_BUDGETS, 'rand': RAND_BUDGETS}.get(protocol, {})
+    ran = dict(vars(self), eot_iter=self.apgd_eot_iter)
+    return [f'{ran[k]} {_BUDGET_NAMES[k]} instead of {v}' for k, v in budgets.items()
+            if ran[k] != v]
+
   def is_standard_autoattack(self):
-    return (self.apgd_nb_iter, self.fab_nb_iter, self.n_target_classes,
-            self.square_queries) == (100, 100, 9, 5000)
+    """True when the 'autoattack' protocol runs the standard attack list at the standard budgets
+    (whether the model's classes let it run unchanged is for `evaluate` to add)."""
+    return 'autoattack' in self.protocol_attacks() and not self.budget_changes('autoattack')
+
+
+def protocol_label(protocol, changes):
+  """What the report calls the attacks of `protocol` (a key of protocol_attacks()) that ran with
+  `changes` (budget and class-count departures, sentences) from the reference version."""
+  if protocol == 'autoattack':
+    return 'AutoAttack-like (not standard AutoAttack)' if changes else 'standard AutoAttack'
+  if protocol == 'rand':
+    return ("AutoAttack-like (not AutoAttack's rand version)" if changes
+            else "AutoAttack's rand version")
+  if protocol == 'paper':
+    return "the MMA paper's PGD protocol (not AutoAttack)"
+  return 'a custom attack list (not standard AutoAttack)'

@@ -7,7 +7,9 @@ index, so the answer does not depend on the batch size, the chunking or the numb
 
 `run_attacks` is AutoAttack's driver: every attack (and every stage of it: restart, target class)
 runs only on the points still robust, from the clean images, and a point is robust only if every
-attack failed: the pointwise worst case.
+attack failed: the pointwise worst case. As the reference's driver, it checks every point an
+attack returns with a fresh forward pass; a point is broken only if the attack claims it and that
+pass agrees.
 """
 import time
 
@@ -15,7 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 from mma_tf import norms
-from mma_tf.evaluation.common import bucket_size, pad_positions, stream_example_seeds
+from mma_tf.evaluation.common import (bucket_size, is_correct, pad_positions,
+                                     stream_example_seeds)
 
 
 class Runner:
@@ -32,7 +35,8 @@ class Runner:
     self._compiled = {}
 
   def _compile(self, key, fn):
-    if key not in self._compiled:
+    """The compiled fn, cached under `key` (None: compiled afresh, not cached)."""
+    if key is None or key not in self._compiled:
       def replica_fn(*args):
         # All-gather has no bool kernel: masks travel as int32 (the host reads them as bool).
         return tuple(tf.cast(v, tf.int32) if v.dtype == tf.bool else v for v in fn(*args))
@@ -52,6 +56,8 @@ class Runner:
         out = strategy.run(on_replica, args=args)
         return tf.nest.map_structure(lambda v: strategy.gather(v, axis=0), out)
 
+      if key is None:
+        return step
       self._compiled[key] = step
     return self._compiled[key]
 
@@ -68,7 +74,8 @@ class Runner:
 
   def map(self, key, fn, arrays, positions):
     """fn(*batch) -> tuple of [B, ...] tensors, run on arrays[k][positions]; returns NumPy outputs
-    for `positions` in order. `key` names fn in the trace cache (one trace per bucket size)."""
+    for `positions` in order. `key` names fn in the trace cache (one trace per bucket size;
+    None: not cached)."""
     step = self._compile(key, fn)
     positions = np.asarray(positions)
     outputs = None
@@ -96,7 +103,9 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
 
   Returns a dict: robust [N] (the worst case), broken_by [N] (index of the first attack that broke
   the point, -1 if none), adv_norm [N] (norm of the successful perturbation, nan if none),
-  acc_after [per attack] (cumulative robust accuracy over all N), seconds [per attack].
+  acc_after [per attack] (cumulative robust accuracy over all N), unconfirmed [per attack]
+  (successes the attack claimed that a fresh forward pass did not confirm: randomness at
+  inference, or a bug), seconds [per attack].
   An attack that returns a point outside the eps ball or [0, 1] is a bug: it raises.
   """
   n = len(labels)
@@ -104,9 +113,10 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
   broken_by = np.full(n, -1, np.int32)
   adv_norm = np.full(n, np.nan, np.float32)
   eps_vec = np.full(n, eps, np.float32)
-  acc_after, seconds = [], []
+  acc_after, seconds, unconfirmed = [], [], []
   for a_i, attack in enumerate(attacks):
     start = time.perf_counter()
+    unconfirmed.append(0)
     for stage in range(attack.num_stages(num_classes)):
       todo = np.nonzero(robust)[0]
       if not todo.size:
@@ -117,30 +127,35 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
         # Attacks that take the stage as a tensor trace once for all stages (target ranks).
         s = stage_arg[0] if attack.stage_is_tensor else stage
         seeds = stream_example_seeds(seed, attack.stream, idx, s)
-        return attack.run_stage(predict, x, y, e, seeds, s)
+        x_adv, claimed = attack.run_stage(predict, x, y, e, seeds, s)
+        return x_adv, claimed & tf.logical_not(is_correct(predict(x_adv), y)), claimed
 
-      # Attacks are dataclasses: equal settings give equal keys, so a runner reused across
+      # Equal keys mean equal computations (Attack.cache_key), so a runner reused across
       # evaluate() calls (evaluation.runner_for) reuses their traces.
-      key = (repr(attack), None if attack.stage_is_tensor else stage)
-      x_adv, success = runner.map(key, fn, [images, labels, index, eps_vec, stage_vec], todo)
-      success = success.astype(bool)
-      hit = todo[success]
-      if hit.size:
-        d = _perturbation_norms(attack.norm, x_adv[success], images[hit])
-        outside = (d > eps * (1 + 1e-5) + 1e-6) | (x_adv[success].min(
-            axis=tuple(range(1, x_adv.ndim))) < 0) | (x_adv[success].max(
-                axis=tuple(range(1, x_adv.ndim))) > 1)
+      key = attack.cache_key()
+      if key is not None:
+        key = (key, None if attack.stage_is_tensor else stage)
+      x_adv, success, claimed = runner.map(key, fn, [images, labels, index, eps_vec, stage_vec],
+                                           todo)
+      success, claimed = success.astype(bool), claimed.astype(bool)
+      unconfirmed[-1] += int(np.sum(claimed & ~success))
+      if claimed.any():  # every point an attack claims must be feasible, confirmed or not
+        d = _perturbation_norms(attack.norm, x_adv[claimed], images[todo[claimed]])
+        axes = tuple(range(1, x_adv.ndim))
+        outside = ((d > eps * (1 + 1e-5) + 1e-6) | (x_adv[claimed].min(axis=axes) < 0)
+                   | (x_adv[claimed].max(axis=axes) > 1))
         if outside.any():
           raise RuntimeError(f'{attack.name} returned {int(outside.sum())} point(s) outside the '
                              f'{attack.norm} ball of radius {eps:g} or [0, 1] (largest norm '
                              f'{d.max():.6g}): a bug in the attack.')
+        hit = todo[success]
         robust[hit] = False
         broken_by[hit] = a_i
-        adv_norm[hit] = d
+        adv_norm[hit] = d[success[claimed]]
     seconds.append(time.perf_counter() - start)
     acc_after.append(float(robust.mean()))
     if progress:
       progress(f'eps {eps:g} {attack.name}: robust accuracy {acc_after[-1]:.4f} '
                f'({seconds[-1]:.1f} s)')
   return {'robust': robust, 'broken_by': broken_by, 'adv_norm': adv_norm,
-          'acc_after': acc_after, 'seconds': seconds}
+          'acc_after': acc_after, 'unconfirmed': unconfirmed, 'seconds': seconds}
