@@ -31,6 +31,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from mma_tf import configs
+from mma_tf import data as data_lib
 from mma_tf import export as export_lib
 from mma_tf import objectives as objectives_lib
 from mma_tf import precision
@@ -153,7 +154,7 @@ class Trainer:
     except OSError as e:
       raise ValueError(f'--model_dir={self.model_dir} is not writable ({e}).') from e
     path = os.path.join(self.model_dir, CONFIG_FILE)
-    record = self._run_record()
+    saved = None
     if os.path.exists(path):
       try:
         with open(path) as f:
@@ -161,20 +162,42 @@ class Trainer:
       except (OSError, ValueError) as e:
         raise ValueError(f'{path} is unreadable ({e}); restore it, or use a new '
                          '--model_dir.') from e
+      self._resume_validation_split(saved)
+    record = self._run_record()
+    if saved is not None:
       # Resuming with other settings would mix two runs in one directory; fields marked
       # resumable (loop length, cadence) may change, and fields added by a later version resume
       # at their default (configs.resume_conflicts). Runs written before config.json recorded the
       # data and model source are compared on their configuration only.
       conflicts = configs.resume_conflicts(saved, self.config)
-      for key in ('data', 'model_source'):
-        if key in saved and saved[key] != record[key]:
-          conflicts.append(f'{key}: saved {saved[key]}, now {record[key]}')
+      if 'data' in saved:
+        conflicts += data_lib.identity_conflicts(saved['data'], record['data'])
+      if 'model_source' in saved and saved['model_source'] != record['model_source']:
+        conflicts.append(f'model_source: saved {saved["model_source"]}, now '
+                         f'{record["model_source"]}')
       if conflicts:
         raise ValueError(
             f'{self.model_dir} holds a run with another configuration ({"; ".join(conflicts)}). '
             'Use a new --model_dir, or the same flags and data to resume.')
+    try:
+      for warning in self.task.data.check_label_mix():
+        self.log(f'warning: {warning}')
+    except ValueError as e:
+      if saved is None:
+        raise  # a new run: nothing written yet
+      self.log(f'warning: {e}')  # a run started before the check: it resumes as it began
     if self.is_chief:
       _atomic_write(path, json.dumps(record, indent=2, sort_keys=True))
+
+  def _resume_validation_split(self, saved):
+    """An array source left at its default validation split resumes on the split the run
+    recorded; runs from before it was recorded validated on the first images."""
+    data = self.task.data
+    recorded = saved.get('data', {}).get('validation_split', 'first')
+    if (getattr(data, 'validation_split_given', True) or data.validation_split == recorded):
+      return
+    self.task.data = data.with_validation_split(recorded)
+    self.log(f'Resuming with the validation split {self.model_dir} began with ({recorded}).')
 
   def _write_dir(self, name):
     """Chief writes to the model dir; other workers to a scratch dir (all must save)."""
