@@ -639,6 +639,10 @@ def load(dataset, tfds_data_dir=None, download=True, num_validation=None,
   kind = describe_dataset_name(dataset)
   if kind == 'npz':
     return from_npz(dataset[len('npz:'):], num_validation, validation_split=validation_split)
+  if validation_split is not None and parse_validation_split(validation_split) != 'first':
+    raise ValueError(f'{dataset} validates on its first images (the paper\'s protocol, or a '
+                     f"stream's front); validation_split={validation_split!r} applies to "
+                     'npz:PATH only.')
   if kind == 'tfds':
     return from_tfds(dataset[len('tfds:'):], tfds_data_dir, num_validation=num_validation,
                      download=download)

@@ -194,7 +194,7 @@ class Trainer:
     recorded; runs from before it was recorded validated on the first images."""
     data = self.task.data
     recorded = saved.get('data', {}).get('validation_split', 'first')
-    if (getattr(data, 'validation_split_given', True) or data.validation_split == recorded):
+    if getattr(data, 'validation_split_given', True) or data.validation_split == recorded:
       return
     self.task.data = data.with_validation_split(recorded)
     self.log(f'Resuming with the validation split {self.model_dir} began with ({recorded}).')

@@ -74,6 +74,8 @@ def test_built_in_data_keeps_the_first_images_and_npz_draws_at_random(tmp_path):
   assert npz.validation_split == 'random:0' and npz.check_label_mix() == []
   assert data_lib.load(f'npz:{tmp_path / "sorted.npz"}', num_validation=50,
                        validation_split='first').validation_split == 'first'
+  with pytest.raises(ValueError, match='applies to npz:PATH only'):
+    data_lib.load('mnist_5k', validation_split='random')
 
 
 # ------------------------------------------------------------------------------ streams
