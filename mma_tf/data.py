@@ -114,8 +114,11 @@ class Source:
   def check_label_mix(self):
     """Raises ValueError, naming the fix, when the validation split (or a stream's first shuffle
     block) is far from the training set's class mix, as with data sorted by class; returns
-    warnings (strings) where the parts read are too small to tell. See `_mix_tolerance`."""
-    raise NotImplementedError
+    warnings (strings) where the parts read are too small to tell, or, as here, where the source
+    cannot be inspected up front. See `_mix_tolerance`."""
+    return [f'{self.name}: the class mix of the validation split cannot be checked up front '
+            f'({type(self).__name__} reads its data only as it trains); make sure the data is '
+            'not sorted by class.']
 
   def eval_split(self, split, limit=None):
     """(images float32 [N, H, W, C] in [0, 1], labels int32, indices int32) of 'validation' or

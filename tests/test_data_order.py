@@ -115,6 +115,10 @@ def test_real_shuffled_digits_pass_the_check_and_small_parts_only_warn():
   warnings = _stream(x, y, num_validation=5, shuffle_buffer=10).check_label_mix()
   assert len(warnings) == 2 and all('too few examples to check' in w for w in warnings)
 
+  class Opaque(data_lib.Source):  # a source of your own, read only as it trains
+    name = 'opaque'
+  assert 'cannot be checked up front' in Opaque().check_label_mix()[0]
+
 
 def test_training_refuses_sorted_data_before_writing_anything(tmp_path):
   x, y = _sorted_arrays(per_class=30, shape=(8, 8))
