@@ -1,7 +1,11 @@
 """Input pipelines: one `Source` interface over in-memory arrays and streamed `tf.data` datasets.
 
-Protocol (docs/paper_notes.md 3.3): validation = the first `num_validation` images of the
-training set, train = the rest, test = the test split. Every training example carries `index`,
+Protocol (docs/paper_notes.md 3.3): validation = `num_validation` images of the training set,
+train = the rest, test = the test split. The built-in datasets and streams validate on the first
+`num_validation` images (the paper's protocol; the embedded digits are shuffled); arrays you pass
+(`from_arrays`, `from_npz`) on a fixed random selection (`validation_split`), which sorted data
+cannot turn into a one-class validation set. `Source.check_label_mix`, run when training starts,
+refuses data whose validation split or first shuffle block is sorted by class. Every training example carries `index`,
 its position in the training set, which keys the per-example eps memory; the index is attached
 before any shuffling or augmentation and an index outside the table is an error (on a GPU,
 tf.gather would silently read 0). Images leave a source as float32 in [0, 1].
@@ -20,10 +24,12 @@ stateless seed per (seed, epoch, index), global batches, and each input pipeline
 TensorFlow is imported inside the functions that build pipelines, not at module load: the CLIs
 read `DATASETS` while checking flags, before TF starts (and before its log level is set).
 """
+import copy
 import dataclasses
 import gzip
 import hashlib
 import importlib.resources
+import math
 import os
 
 import numpy as np
@@ -52,6 +58,11 @@ DATASETS = {
 
 EMBEDDED_TEST_SIZE = 1000  # the last 1,000 of the 5,000 embedded digits are the test split
 
+# The seed of random validation splits and of the identity sample: fixed, not the run's --seed,
+# so every seed of a study validates on the same images.
+DATA_SEED = 0
+IDENTITY_SAMPLE = 1024  # training examples whose images and labels identify an array source
+
 
 def default_num_validation(num_train_total):
   """Validation size for data without a paper preset: 10% of the training set, at most the
@@ -78,6 +89,7 @@ class Source:
   """
   name = image_shape = num_classes = num_validation = num_train_total = augment = None
   pixels = 'uint8'  # how images are stored: 'uint8' (0-255) or 'float' (in [0, 1])
+  validation_split = 'first'  # or 'random:SEED' (see parse_validation_split)
 
   def _check_protocol(self):
     if not 1 <= self.num_validation < self.num_train_total:
@@ -91,11 +103,22 @@ class Source:
     return (self.num_train_total - self.num_validation) // global_batch_size
 
   def identity(self):
-    """What identifies the data in config.json (a resumed run must see the same)."""
+    """What identifies the data in config.json (a resumed run must see the same; see
+    `identity_conflicts`). sample_sha256 hashes images and labels (which ones: the subclass)."""
     return {'name': self.name, 'image_shape': list(self.image_shape),
             'num_classes': int(self.num_classes), 'num_train_total': int(self.num_train_total),
             'num_validation': int(self.num_validation), 'pixels': self.pixels,
-            'augment': getattr(self.augment, '__name__', None) if self.augment else None}
+            'augment': getattr(self.augment, '__name__', None) if self.augment else None,
+            'validation_split': self.validation_split}
+
+  def check_label_mix(self):
+    """Raises ValueError, naming the fix, when the validation split (or a stream's first shuffle
+    block) is far from the training set's class mix, as with data sorted by class; returns
+    warnings (strings) where the parts read are too small to tell, or, as here, where the source
+    cannot be inspected up front. See `_mix_tolerance`."""
+    return [f'{self.name}: the class mix of the validation split cannot be checked up front '
+            f'({type(self).__name__} reads its data only as it trains); make sure the data is '
+            'not sorted by class.']
 
   def eval_split(self, split, limit=None):
     """(images float32 [N, H, W, C] in [0, 1], labels int32, indices int32) of 'validation' or
@@ -110,10 +133,16 @@ class Source:
 
 # ------------------------------------------------------------------------------ arrays
 class ArraySource(Source):
-  """Training (validation first) and test images held in memory as uint8 0-255 or float [0, 1]."""
+  """Training and test images held in memory as uint8 0-255 or float [0, 1].
+
+  validation_split: 'random' (a fixed selection of num_validation training images, drawn with
+  DATA_SEED, the same for every run) or 'first' (the first num_validation, the paper's protocol;
+  the built-in datasets use it). None (default): 'random' for a new run; a resumed run keeps
+  the split its config.json records ('first' if it records none: older versions).
+  """
 
   def __init__(self, name, train_images, train_labels, test_images=None, test_labels=None, *,
-               num_classes=None, num_validation=None, augment=None):
+               num_classes=None, num_validation=None, augment=None, validation_split=None):
     train_images, test_images = _as_nhwc(train_images, 'train'), _as_nhwc(test_images, 'test')
     train_labels = _as_labels(train_labels, len(train_images), 'train')
     test_labels = _as_labels(test_labels, None if test_images is None else len(test_images),
@@ -138,21 +167,53 @@ class ArraySource(Source):
                            else int(num_validation))
     self.augment = augment
     self._check_protocol()
+    self.validation_split_given = validation_split is not None
+    self._set_validation_split(validation_split or 'random')
 
-  @property
-  def train_indices(self):
-    return np.arange(self.num_validation, self.num_train_total)
+  def _set_validation_split(self, validation_split):
+    self.validation_split = parse_validation_split(validation_split)
+    n, total = self.num_validation, self.num_train_total
+    if self.validation_split == 'first':
+      self.validation_indices = np.arange(n)
+    else:
+      seed = int(self.validation_split.partition(':')[2])
+      self.validation_indices = np.sort(np.random.default_rng(seed).permutation(total)[:n])
+    # Training examples in their order in the arrays (each epoch permutes them).
+    self.train_indices = np.setdiff1d(np.arange(total), self.validation_indices)
+
+  def with_validation_split(self, validation_split):
+    """A copy of this source (sharing its arrays) with another validation split (given)."""
+    other = copy.copy(self)
+    other._set_validation_split(validation_split)  # pylint: disable=protected-access
+    other.validation_split_given = True
+    return other
 
   def identity(self):
-    # Labels are cheap to hash and differ between any two real datasets of the same shape.
+    # All labels, and the images and labels of a fixed sample: two datasets of the same shape
+    # differ there (a hash of every image would cost seconds on large arrays).
+    sample = np.sort(np.random.default_rng(DATA_SEED).permutation(self.num_train_total)[
+        :IDENTITY_SAMPLE])
+    digest = hashlib.sha256()
+    _hash_examples(digest, self.train_images[sample], self.train_labels[sample])
     return dict(super().identity(),
-                labels_sha256=hashlib.sha256(self.train_labels.tobytes()).hexdigest()[:16])
+                labels_sha256=hashlib.sha256(self.train_labels.tobytes()).hexdigest()[:16],
+                sample_sha256=digest.hexdigest()[:16])
+
+  def check_label_mix(self):
+    labels = self.train_labels[self.validation_indices]
+    where = ('the first' if self.validation_split == 'first' else 'a random selection of')
+    return _check_mix(
+        f'{self.name}: the validation split ({where} {len(labels)} training images)', labels,
+        'the whole training set', self.train_labels, self.num_classes, one_sample=True,
+        harm=f"{_CHOSEN_ON_FEW} Use validation_split='random' (from_arrays' and from_npz's "
+             'default), or shuffle the arrays once with a fixed seed.')
 
   def eval_split(self, split, limit=None):
     if split == 'validation':
-      n = self.num_validation if limit is None else min(limit, self.num_validation)
-      images, labels = self.train_images[:n], self.train_labels[:n]
-    elif split == 'test':
+      positions = self.validation_indices[:limit]
+      images, labels = self.train_images[positions], self.train_labels[positions]
+      return _to_unit_np(images), labels, positions.astype(np.int32)
+    if split == 'test':
       if self.test_labels is None:
         raise ValueError(f'{self.name} has no test split; evaluate on the validation split.')
       images, labels = self.test_images[:limit], self.test_labels[:limit]
@@ -170,16 +231,20 @@ class ArraySource(Source):
 
 
 def from_arrays(x_train, y_train, x_test=None, y_test=None, *, num_classes=None,
-                num_validation=None, augment=None, name='arrays'):
+                num_validation=None, augment=None, name='arrays', validation_split=None):
   """A source over NumPy arrays: images [N, H, W(, C)] as uint8 0-255 or float in [0, 1],
-  integer labels [N]. Validation is the first `num_validation` training images (default
-  `default_num_validation`); `augment(image, seed)` transforms training images only."""
+  integer labels [N]. Validation: `num_validation` training images (default
+  `default_num_validation`), a fixed random selection (validation_split='random', the same in
+  every run; the default for a new run, see `ArraySource`) or the first ones ('first');
+  `augment(image, seed)` transforms training images only."""
   return ArraySource(name, x_train, y_train, x_test, y_test, num_classes=num_classes,
-                     num_validation=num_validation, augment=augment)
+                     num_validation=num_validation, augment=augment,
+                     validation_split=validation_split)
 
 
-def from_npz(path, num_validation=None, augment=None):
-  """`--dataset=npz:PATH`: a NumPy archive with x_train, y_train and optionally x_test, y_test."""
+def from_npz(path, num_validation=None, augment=None, validation_split=None):
+  """`--dataset=npz:PATH`: a NumPy archive with x_train, y_train and optionally x_test, y_test;
+  validation as in `from_arrays`."""
   if not os.path.isfile(path):
     raise ValueError(f'npz:{path}: no such file.')
   try:
@@ -193,7 +258,91 @@ def from_npz(path, num_validation=None, augment=None):
     raise ValueError(f'npz:{path} has arrays {sorted(arrays)}; it needs x_train and y_train, '
                      'and x_test with y_test or neither.')
   return ArraySource(f'npz:{path}', arrays['x_train'], arrays['y_train'], arrays.get('x_test'),
-                     arrays.get('y_test'), num_validation=num_validation, augment=augment)
+                     arrays.get('y_test'), num_validation=num_validation, augment=augment,
+                     validation_split=validation_split)
+
+
+def parse_validation_split(split):
+  """'first', or 'random' / 'random:SEED' (default seed DATA_SEED) -> 'first' or 'random:SEED',
+  the form config.json records."""
+  kind, colon, seed = str(split).partition(':')
+  if kind == 'first' and not colon:
+    return 'first'
+  if kind == 'random' and (not colon or seed.lstrip('-').isdigit()):
+    return f'random:{int(seed) if colon else DATA_SEED}'
+  raise ValueError(f"validation_split must be 'random' (or 'random:SEED') or 'first'; got "
+                   f'{split!r}.')
+
+
+# What each identity key covers, for the message that refuses a resume on other data.
+_IDENTITY_KEYS = {'labels_sha256': 'a hash of all training labels',
+                  'sample_sha256': 'a hash of sampled training images and labels'}
+
+
+def identity_conflicts(saved, now):
+  """How a data identity `now` differs from a run's saved one, one message per key. A key that
+  an earlier version did not record is not compared, except validation_split: runs before it
+  was recorded all validated on the first images ('first')."""
+  saved = dict({'validation_split': 'first'}, **saved)
+  out = []
+  for key in sorted(set(saved) | set(now)):
+    if key in saved and saved.get(key) != now.get(key):
+      what = f' ({_IDENTITY_KEYS[key]}: the data differs)' if key in _IDENTITY_KEYS else ''
+      out.append(f'data.{key}{what}: saved {saved[key]!r}, now {now.get(key)!r}')
+  return out
+
+
+def _hash_examples(digest, images, labels):
+  """Adds images (uint8 as stored, float as float32) and labels (int64) to a sha256 digest."""
+  images = np.asarray(images)
+  digest.update((images if images.dtype == np.uint8 else images.astype(np.float32)).tobytes())
+  digest.update(np.asarray(labels, np.int64).tobytes())
+
+
+# ------------------------------------------------------------------------------ label mix
+# Data in random order: any part of it is a sample of the training set's label distribution p.
+# The histogram of n labels over K classes lies farther than t from p in total variation with
+# probability at most 2^K exp(-2 n t^2) (Bretagnolle-Huber-Carol; sampling without replacement
+# concentrates at least as well, Hoeffding 1963). `_mix_tolerance(n, K)` is the t at which that
+# bound is MIX_FALSE_ALARM / 2, so two parts differing by more than the sum of their tolerances
+# are refused for data in random order with probability below MIX_FALSE_ALARM, imbalanced classes
+# included; parts of data sorted by class differ by close to 1 (e.g. 500 labels of 10 classes:
+# t = 0.15).
+MIX_FALSE_ALARM = 1e-6
+_CHOSEN_ON_FEW = 'the best checkpoint would be chosen on a few classes.'
+
+
+def _mix_tolerance(n, num_classes):
+  return math.sqrt((num_classes * math.log(2) + math.log(2 / MIX_FALSE_ALARM)) / (2 * n))
+
+
+def _describe_mix(labels, num_classes):
+  counts = np.bincount(labels, minlength=num_classes)
+  top = np.argsort(-counts, kind='stable')[:3]
+  shown = ', '.join(f'{c}: {counts[c] / len(labels):.0%}' for c in top if counts[c])
+  rest = np.count_nonzero(counts) - np.count_nonzero(counts[top])
+  return f'classes {{{shown}{f", {rest} more" if rest > 0 else ""}}}'
+
+
+def _check_mix(what, labels, other_what, other, num_classes, harm, one_sample=False):
+  """Refuses (ValueError, ending with `harm`: the consequence and the fix) when `labels` and
+  `other` are not the same class mix (see above); one_sample: `other` is the whole population,
+  not a second sample. Returns warnings."""
+  if len(labels) == 0 or len(other) == 0:
+    return []
+  limit = _mix_tolerance(len(labels), num_classes) + (
+      0.0 if one_sample else _mix_tolerance(len(other), num_classes))
+  if limit >= 1:  # total variation is at most 1: nothing could be refused
+    return [f'{what} and {other_what} are too few examples to check that they hold the same '
+            f'mix of the {num_classes} classes (as data sorted by class would not).']
+  distance = 0.5 * np.abs(np.bincount(labels, minlength=num_classes) / len(labels)
+                          - np.bincount(other, minlength=num_classes) / len(other)).sum()
+  if distance > limit:
+    raise ValueError(
+        f'{what} holds {_describe_mix(labels, num_classes)} but {other_what} holds '
+        f'{_describe_mix(other, num_classes)} (total variation {distance:.2f}; data in random '
+        f'order stays within {limit:.2f}). The data looks sorted (e.g. by class): {harm}')
+  return []
 
 
 def _as_nhwc(images, split):
@@ -252,9 +401,11 @@ def _to_unit_np(images):
 class StreamSource(Source):
   """A finite `tf.data.Dataset` of (image, label) read in a fixed order, never held in memory.
 
-  Index = position in `train`. Each epoch permutes every block of `shuffle_buffer` consecutive
-  examples with a stateless draw from (seed, epoch); an example stays in its block, so make it
-  >= the dataset size for a uniform shuffle (memory: one block of images).
+  Index = position in `train`; validation = the first num_validation examples. Each epoch
+  permutes every block of `shuffle_buffer` consecutive examples with a stateless draw from
+  (seed, epoch); an example stays in its block, so make it >= the dataset size for a uniform
+  shuffle (memory: one block of images). Data sorted by class must be shuffled once first
+  (`check_label_mix` refuses it).
   """
 
   def __init__(self, name, train, test=None, *, num_classes, num_train_total=None,
@@ -277,9 +428,53 @@ class StreamSource(Source):
                            else int(num_validation))
     self.augment, self.shuffle_buffer = augment, int(shuffle_buffer)
     self._check_protocol()
+    self._front = None
+
+  def _read_front(self):
+    """(labels of the validation split, labels of the first shuffle block, a hash of the images
+    and labels of both): what the start-up check reads, once."""
+    if self._front is None:
+      digest, labels = hashlib.sha256(), []
+      front = self.train.take(self.num_validation + self.shuffle_buffer)
+      for images, batch_labels in front.batch(1024).as_numpy_iterator():
+        _hash_examples(digest, images, batch_labels)
+        labels.append(batch_labels.astype(np.int64))
+      labels = np.concatenate(labels)
+      _check_label_range(labels, self.num_classes, self.name)
+      n = self.num_validation
+      self._front = labels[:n], labels[n:], digest.hexdigest()[:16]
+    return self._front
 
   def identity(self):
-    return dict(super().identity(), shuffle_buffer=self.shuffle_buffer)
+    # A stream is not read in full up front: the validation split and the first shuffle block
+    # (read anyway by the start-up check) identify it.
+    return dict(super().identity(), shuffle_buffer=self.shuffle_buffer,
+                sample_sha256=self._read_front()[2])
+
+  def check_label_mix(self):
+    validation, block, _ = self._read_front()
+    total = len(validation) + len(block)
+    fix = ('Shuffle the dataset once with a fixed seed before passing it, e.g. '
+           'ds.shuffle(n, seed=0, reshuffle_each_iteration=False) (or its files, for data larger '
+           'than memory), or pass shuffle_buffer >= its size '
+           f'({self.num_train_total - self.num_validation}) to shuffle it whole each epoch.')
+    if self.num_classes > 1 and len(np.unique(np.concatenate([validation, block]))) == 1:
+      raise ValueError(f'{self.name}: all of the first {total} examples (validation split and '
+                       f'first shuffle block) are of class {validation[0]}: the data looks '
+                       f'sorted by class. {fix}')
+    warnings = _check_mix(
+        f'{self.name}: the validation split (the first {len(validation)} examples)', validation,
+        f'the next {len(block)} (the first shuffle block)', block, self.num_classes,
+        f'{_CHOSEN_ON_FEW} {fix}')
+    if self.num_train_total - self.num_validation > self.shuffle_buffer:
+      # More than one block: a block sorted in itself means the batches see a few classes at a
+      # time (one block shuffled whole mixes them, however it was ordered).
+      half = len(block) // 2
+      warnings += _check_mix(f'{self.name}: the first half of the first shuffle block '
+                             f'({half} examples)', block[:half], 'its second half',
+                             block[half:], self.num_classes,
+                             f'training batches would see a few classes at a time. {fix}')
+    return warnings
 
   def eval_split(self, split, limit=None):
     if split == 'validation':
@@ -322,9 +517,12 @@ class StreamSource(Source):
 def from_dataset(train, test=None, *, num_classes, num_examples=None, num_validation=None,
                  augment=None, shuffle_buffer=10_000, name='dataset'):
   """A source over a finite, unbatched `tf.data.Dataset` of (image, label) or {'image', 'label'},
-  read in the same order every time (no shuffling in it: the trainer shuffles after numbering).
-  Images uint8 0-255 or float in [0, 1] of one fixed shape. `num_examples`: the size of `train`,
-  if its cardinality is unknown (otherwise it is counted once)."""
+  read in the same order every time (the trainer shuffles after numbering: no reshuffling in
+  it). Validation is the first `num_validation` examples, so data sorted by class must be
+  shuffled once with a fixed seed first (ds.shuffle(n, seed=0, reshuffle_each_iteration=False));
+  training refuses it otherwise. Images uint8 0-255 or float in [0, 1] of one fixed shape.
+  `num_examples`: the size of `train`, if its cardinality is unknown (otherwise it is counted
+  once)."""
   return StreamSource(name, train, test, num_classes=num_classes, num_train_total=num_examples,
                       num_validation=num_validation, augment=augment,
                       shuffle_buffer=shuffle_buffer)
@@ -333,7 +531,8 @@ def from_dataset(train, test=None, *, num_classes, num_examples=None, num_valida
 def from_tfds(name, data_dir=None, *, num_validation=None, train_split='train',
               test_split='test', shuffle_buffer=10_000, download=True):
   """Any TFDS image-classification dataset by name, streamed (`--dataset=tfds:NAME`): image shape
-  and classes from its info, validation = the first num_validation training images."""
+  and classes from its info, validation = the first num_validation training images (TFDS stores
+  training splits shuffled; training refuses one sorted by class)."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -477,13 +676,19 @@ class PadCropFlip:
 madry_cifar_augment = PadCropFlip()
 
 
-def load(dataset, tfds_data_dir=None, download=True, num_validation=None):
+def load(dataset, tfds_data_dir=None, download=True, num_validation=None,
+         validation_split=None):
   """A source by name: 'mnist_5k' (embedded), 'mnist' / 'cifar10' (TFDS, in memory, the paper's
   protocol), 'tfds:NAME' (any TFDS image-classification dataset, streamed) or 'npz:PATH'.
-  num_validation overrides the dataset's default validation size."""
+  num_validation overrides the dataset's default validation size; validation_split that of
+  npz:PATH (see `ArraySource`; e.g. the split a run's config.json records)."""
   kind = describe_dataset_name(dataset)
   if kind == 'npz':
-    return from_npz(dataset[len('npz:'):], num_validation)
+    return from_npz(dataset[len('npz:'):], num_validation, validation_split=validation_split)
+  if validation_split is not None and parse_validation_split(validation_split) != 'first':
+    raise ValueError(f'{dataset} validates on its first images (the paper\'s protocol, or a '
+                     f"stream's front); validation_split={validation_split!r} applies to "
+                     'npz:PATH only.')
   if kind == 'tfds':
     return from_tfds(dataset[len('tfds:'):], tfds_data_dir, num_validation=num_validation,
                      download=download)
@@ -494,10 +699,13 @@ def load(dataset, tfds_data_dir=None, download=True, num_validation=None):
     if tuple(x.shape[1:]) != spec.image_shape:
       raise ValueError(f'{dataset} {name} images have shape {x.shape[1:]}, expected '
                        f'{spec.image_shape}.')
+  # The paper's protocol: the first images (the embedded digits are stored shuffled; the
+  # README's figures depend on this split).
   return ArraySource(dataset, *arrays, num_classes=spec.num_classes,
                      num_validation=spec.num_validation if num_validation is None
                      else num_validation,
-                     augment=madry_cifar_augment if spec.augment else None)
+                     augment=madry_cifar_augment if spec.augment else None,
+                     validation_split='first')
 
 
 # ------------------------------------------------------------------------------ pipelines

@@ -2,7 +2,8 @@
 
 All radii and step sizes are per-example vectors [B] (broadcast from scalars by the callers).
 Random starts take per-example stateless seeds [B, 2], so an example's start depends only on its
-own seed: a batch gives the same result as each example alone, on any number of replicas.
+own seed: a batch gives the same result as each example alone, on any number of replicas. This
+module also holds the per-example random draws every attack uses (`per_example_bits`, `fold_in`).
 """
 import numpy as np
 import tensorflow as tf
@@ -52,22 +53,35 @@ def _philox(counter, key):
   return c0, c1, c2, c3
 
 
-def philox_bits(seeds, count):
-  """uint32 bits (as int64) [B, count]: row i equals
-  tf.random.stateless_uniform([count], seeds[i], dtype=tf.uint32, alg='philox'), computed for all
-  rows at once with elementwise ops (no per-example kernels, the same numbers on every device and
-  under XLA)."""
+def philox_key(seeds):
+  """Each example's Philox key and counter base (4 int64 tensors [B, 1] holding uint32 words)
+  from its stateless seed [B, 2]: the seed scramble of TF's stateless kernels (one Philox call).
+  Derive it once where many draws come from one seed (`philox_words`)."""
   seeds = tf.cast(seeds, tf.int64)
   word = lambda v, shift: tf.bitwise.bitwise_and(tf.bitwise.right_shift(v, shift), _MASK32)
   s0, s1 = seeds[:, 0:1], seeds[:, 1:2]
-  # The seed scramble of TF's stateless kernels: key and base counter from one Philox call.
-  mix = _philox((word(s0, 0), word(s0, 32), word(s1, 0), word(s1, 32)),
-                (tf.constant(_SEED_KEY[0], tf.int64), tf.constant(_SEED_KEY[1], tf.int64)))
+  return _philox((word(s0, 0), word(s0, 32), word(s1, 0), word(s1, 32)),
+                 (tf.constant(_SEED_KEY[0], tf.int64), tf.constant(_SEED_KEY[1], tf.int64)))
+
+
+def philox_words(key, count, stream=0):
+  """uint32 words [B, count] of each example's Philox stream (key from `philox_key`), with
+  elementwise ops (no per-example kernels, the same numbers on every device and under XLA).
+  Stream 0 is what tf.random.stateless_uniform(..., tf.uint32, alg='philox') draws from the
+  seed; stream s (an int or scalar tensor) is a disjoint one: the counter's second word is s."""
+  k0, k1, c2, c3 = key
   groups = -(-count // 4)  # each Philox call gives 4 words, to consecutive outputs
   block = tf.range(groups, dtype=tf.int64)[None, :]
-  zero = tf.zeros_like(block)
-  out = _philox((block, zero, mix[2], mix[3]), (mix[0], mix[1]))
-  return tf.reshape(tf.stack(out, axis=-1), [-1, 4 * groups])[:, :count]
+  stream = tf.bitwise.bitwise_and(tf.cast(stream, tf.int64), _MASK32) + tf.zeros_like(block)
+  out = _philox((block, stream, c2, c3), (k0, k1))
+  return tf.cast(tf.reshape(tf.stack(out, axis=-1), [-1, 4 * groups])[:, :count], tf.uint32)
+
+
+def philox_bits(seeds, count):
+  """uint32 bits [B, count]: row i equals
+  tf.random.stateless_uniform([count], seeds[i], dtype=tf.uint32, alg='philox'), computed for all
+  rows at once with elementwise ops (`philox_words`)."""
+  return philox_words(philox_key(seeds), count)
 
 
 # How per-example draws are made; both give the same numbers (tests/test_losses_norms.py).
@@ -83,23 +97,51 @@ def _vectorised_rng():
   return bool(tf.config.list_logical_devices('GPU') or tf.config.list_logical_devices('TPU'))
 
 
-def _unit_per_example(seeds, like, count=1):
-  """U[0, 1) floats [count, B, ...] shaped like x; example i drawn from its own seed seeds[i].
-
-  24-bit floats from Philox integer bits: the same numbers eagerly, in graphs and under XLA
-  (TF's float stateless_uniform differs under XLA; its integer bits do not).
-  """
-  shape = like.shape[1:].as_list()
-  size = int(np.prod(shape))
+# The one source of per-example randomness (attacks' starts, APGD's restarts, Square's search,
+# the seed derivations): each example's stateless seed keys its own Philox stream, so its draws
+# do not depend on its batch, padding or replica, and are the same eagerly, in graphs and under
+# XLA.
+def per_example_bits(seeds, count):
+  """uint32 bits [B, count]: row i is
+  tf.random.stateless_uniform([count], seeds[i], dtype=tf.uint32, alg='philox'), drawn by
+  `philox_bits` or by one TF kernel per example (VECTORISED_RNG; the same numbers)."""
   if _vectorised_rng():
-    bits = philox_bits(seeds, count * size)
-  else:
-    bits = tf.map_fn(
-        lambda seed: tf.random.stateless_uniform([count * size], seed, None, None, tf.uint32,
-                                                 alg='philox'),
-        tf.cast(seeds, tf.int64), fn_output_signature=tf.TensorSpec([count * size], tf.uint32))
+    return philox_bits(seeds, count)
+  return tf.map_fn(
+      lambda seed: tf.random.stateless_uniform([count], seed, None, None, tf.uint32,
+                                               alg='philox'),
+      tf.cast(seeds, tf.int64), fn_output_signature=tf.TensorSpec([count], tf.uint32))
+
+
+def unit_uniform(seeds, shape):
+  """U[0, 1) floats [B, *shape], example i's from its own seed seeds[i] [B, 2]: 24-bit floats from
+  Philox integer bits (TF's float stateless_uniform differs under XLA; its integer bits do not)."""
+  shape = list(shape)
+  bits = per_example_bits(seeds, int(np.prod(shape)))
   unit = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))
-  unit = tf.reshape(unit, [-1, count] + shape)
+  return tf.reshape(unit, [-1] + shape)
+
+
+def fold_in(seeds, keys):
+  """tf.random.experimental.stateless_fold_in for one seed [2] or one per example [B, 2], and one
+  key or one per example [B]: int64 seeds [..., 2] of (a value drawn from the seed, the key).
+  The value has the keys' dtype, as TF's: int32 keys take one Philox word, int64 keys two."""
+  keys = tf.convert_to_tensor(keys)
+  seeds = tf.cast(seeds, tf.int64)
+  words = per_example_bits(tf.reshape(seeds, [-1, 2]), 2)
+  if keys.dtype == tf.int64:
+    derived = tf.bitcast(words, tf.int64)  # word 0 low, word 1 high: TF's 64-bit draw
+  else:
+    derived = tf.cast(tf.bitcast(words[:, 0], tf.int32), tf.int64)
+  if seeds.shape.rank == 1:
+    derived = derived[0]
+  keys = tf.cast(keys, tf.int64)
+  return tf.stack([derived + tf.zeros_like(keys), keys + tf.zeros_like(derived)], axis=-1)
+
+
+def _unit_per_example(seeds, like, count=1):
+  """`count` U[0, 1) draws [B, ...] shaped like x, example i's from its own seed seeds[i]."""
+  unit = unit_uniform(seeds, [count] + like.shape[1:].as_list())
   return tf.unstack(unit, axis=1)
 
 

@@ -50,23 +50,29 @@ class TorchSGD(keras.optimizers.Optimizer):
     return dict(super().get_config(), momentum=self.momentum)
 
 
-def learning_rate(config):
+def learning_rate(config, step=None):
   """A constant, or PyTorch's MultiStepLR stepped per iteration: the step numbered k (1-based)
-  uses lr_values[i] where i counts the boundaries b < k. Keras calls the schedule with the number
-  of steps already taken (k - 1)."""
+  uses lr_values[i] where i counts the boundaries b < k. Keras calls a schedule with the number
+  of steps already taken (k - 1): the optimizer's own count, unless `step` (the trainer's step
+  variable) is given; then a callable reading it, so the schedule follows the trainer's steps
+  even where a float16 loss-scale optimizer skips one (its count then lags)."""
   if not config.lr_values:
     return config.learning_rate
   # PyTorch sets the new rate after `boundary` steps; Keras' schedule switches when
   # iterations > boundary, i.e. one step later unless the boundary is shifted by one.
-  return keras.optimizers.schedules.PiecewiseConstantDecay(
+  schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
       [b - 1 for b in config.lr_boundaries], list(config.lr_values))
+  return schedule if step is None else (lambda: schedule(step))
 
 
-def build_optimizer(config):
+def build_optimizer(config, step=None):
+  """The configured optimizer; `step`: the variable counting the trainer's steps, which a
+  learning-rate schedule then follows (see `learning_rate`)."""
+  rate = learning_rate(config, step)
   if config.optimizer == 'adam':
-    optimizer = keras.optimizers.Adam(learning_rate(config), epsilon=1e-8)  # PyTorch's eps
+    optimizer = keras.optimizers.Adam(rate, epsilon=1e-8)  # PyTorch's eps
   else:
-    optimizer = TorchSGD(learning_rate(config), momentum=config.momentum)
+    optimizer = TorchSGD(rate, momentum=config.momentum)
   if config.mixed_precision == 'mixed_float16':
     # Scales the loss, unscales the gradients, skips a step with non-finite gradients and adapts
     # the scale; its state is part of the optimizer's, so checkpoints keep it.
@@ -134,9 +140,9 @@ class Task:
           instance = self.new_model()
       self.model = instance
       user_models.check_classifier(self.model, shape, classes, strategy)
-      self.optimizer = build_optimizer(config)
-      self.optimizer.build(self.model.trainable_variables)
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
+      self.optimizer = build_optimizer(config, self.step)
+      self.optimizer.build(self.model.trainable_variables)
       self.eps_memory = tf.Variable(tf.zeros([self.data.num_train_total]), trainable=False,
                                     name='eps_memory')
       self.perturbation_memory = None

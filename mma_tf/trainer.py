@@ -31,6 +31,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from mma_tf import configs
+from mma_tf import data as data_lib
 from mma_tf import export as export_lib
 from mma_tf import objectives as objectives_lib
 from mma_tf import perturbation_memory
@@ -157,7 +158,7 @@ class Trainer:
     except OSError as e:
       raise ValueError(f'--model_dir={self.model_dir} is not writable ({e}).') from e
     path = os.path.join(self.model_dir, CONFIG_FILE)
-    record = self._run_record()
+    saved = None
     if os.path.exists(path):
       try:
         with open(path) as f:
@@ -165,20 +166,42 @@ class Trainer:
       except (OSError, ValueError) as e:
         raise ValueError(f'{path} is unreadable ({e}); restore it, or use a new '
                          '--model_dir.') from e
+      self._resume_validation_split(saved)
+    record = self._run_record()
+    if saved is not None:
       # Resuming with other settings would mix two runs in one directory; fields marked
       # resumable (loop length, cadence) may change, and fields added by a later version resume
       # at their default (configs.resume_conflicts). Runs written before config.json recorded the
       # data and model source are compared on their configuration only.
       conflicts = configs.resume_conflicts(saved, self.config)
-      for key in ('data', 'model_source'):
-        if key in saved and saved[key] != record[key]:
-          conflicts.append(f'{key}: saved {saved[key]}, now {record[key]}')
+      if 'data' in saved:
+        conflicts += data_lib.identity_conflicts(saved['data'], record['data'])
+      if 'model_source' in saved and saved['model_source'] != record['model_source']:
+        conflicts.append(f'model_source: saved {saved["model_source"]}, now '
+                         f'{record["model_source"]}')
       if conflicts:
         raise ValueError(
             f'{self.model_dir} holds a run with another configuration ({"; ".join(conflicts)}). '
             'Use a new --model_dir, or the same flags and data to resume.')
+    try:
+      for warning in self.task.data.check_label_mix():
+        self.log(f'warning: {warning}')
+    except ValueError as e:
+      if saved is None:
+        raise  # a new run: nothing written yet
+      self.log(f'warning: {e}')  # a run started before the check: it resumes as it began
     if self.is_chief:
       _atomic_write(path, json.dumps(record, indent=2, sort_keys=True))
+
+  def _resume_validation_split(self, saved):
+    """An array source left at its default validation split resumes on the split the run
+    recorded; runs from before it was recorded validated on the first images."""
+    data = self.task.data
+    recorded = saved.get('data', {}).get('validation_split', 'first')
+    if getattr(data, 'validation_split_given', True) or data.validation_split == recorded:
+      return
+    self.task.data = data.with_validation_split(recorded)
+    self.log(f'Resuming with the validation split {self.model_dir} began with ({recorded}).')
 
   def _write_dir(self, name):
     """Chief writes to the model dir; other workers to a scratch dir (all must save)."""
@@ -222,7 +245,10 @@ class Trainer:
     """Trains to `train_steps`, validating and checkpointing every epoch; exports the best model.
 
     Returns a summary dict (final step, best validation value and its step, last validation,
-    seconds of this call and the part of them spent in training steps).
+    seconds of this call and the part of them spent in training steps). The best model is chosen
+    among epoch ends and, if train_steps ends no epoch, that final step: its validation competes
+    only at the end, so a run stopped there and resumed for longer chooses as a run of the final
+    length would.
     """
     config = self.config
     start = step = self.restore()
@@ -239,13 +265,20 @@ class Trainer:
       step = self._train_epoch(epoch, start_batch, step, epoch_end, writers['train'], t0, start)
       last_val = self._validate(step, writers['validation'])
       self._save(self.manager, step)
+    best_value, best_step = float(self.best_value.numpy()), int(self.best_step.numpy())
+    final_checkpoint = None
+    if step % self.steps_per_epoch:
+      if not last_val:  # a finished run started again: its final step is validated again
+        last_val = self.evaluate('validation')
+      if last_val[self.selection_metric] > best_value:
+        best_value, best_step = last_val[self.selection_metric], step
+        final_checkpoint = self._latest_chief_checkpoint()
     export_dir = os.path.join(self.model_dir, 'export')
     if self.is_chief and (start < config.train_steps or not os.path.exists(export_dir)):
-      self.export_best(export_dir)
+      self.export_best(export_dir, final_checkpoint)
     self._cleanup_worker_dirs()
     summary = {'step': step, 'selection_metric': self.selection_metric,
-               'best_val_value': float(self.best_value.numpy()),
-               'best_step': int(self.best_step.numpy()), 'validation': last_val,
+               'best_val_value': best_value, 'best_step': best_step, 'validation': last_val,
                'export': export_dir, 'seconds': round(time.time() - t0, 1),
                'step_seconds': round(self._step_seconds, 1)}
     if self.selection_metric == 'avg_margin':
@@ -299,28 +332,34 @@ class Trainer:
     return step
 
   def _validate(self, step, writer):
-    """Validation after an epoch; a new best of the selection metric saves the best model."""
+    """Validation after an epoch, or at a final step that ends none. At an epoch end a new best
+    of the selection metric saves the best model; a final step's validation never replaces it
+    (a longer run would not validate there): `train` weighs it against the best at the end."""
     val = self.evaluate('validation')
+    at_epoch_end = step % self.steps_per_epoch == 0
     improved = val[self.selection_metric] > float(self.best_value.numpy())
-    if improved:
+    if improved and at_epoch_end:
       self.best_value.assign(val[self.selection_metric])
       self.best_step.assign(step)
       self._save(self.best_manager, step)
     with writer.as_default(step=step):
       for k, v in val.items():
         tf.summary.scalar(k, v)
-    epoch = step // self.steps_per_epoch + (step % self.steps_per_epoch > 0)
+    epoch = step // self.steps_per_epoch + (not at_epoch_end)
+    note = ''
+    if improved:
+      note = ' (best)' if at_epoch_end else ' (final step; above the best epoch end)'
     self.log(f'epoch {epoch} step {step}: validation clean_acc {val["clean_acc"]:.4f} '
              f'pgd_acc@{self.config.test_eps:g} {val["pgd_acc"]:.4f} avg_margin '
-             f'{val["avg_margin"]:.4f}{" (best)" if improved else ""}')
+             f'{val["avg_margin"]:.4f}{note}')
     return val
 
   def _log_train(self, writer, step, window, eps, t0, start):
     n = window.pop('examples')
     window.pop('total_loss', None)
     metrics = self.task.objective.summarize(window, n)
-    schedule = learning_rate(self.config)  # the rate the next step uses
-    lr = float(schedule(step)) if callable(schedule) else schedule
+    # The optimizer's own rate (on the trainer's step: the one the next step uses).
+    lr = float(tf.convert_to_tensor(self.task.optimizer.learning_rate))
     with writer.as_default(step=step):
       for k, v in metrics.items():
         tf.summary.scalar(k, v)
@@ -334,15 +373,15 @@ class Trainer:
     self.log(f'step {step}/{self.config.train_steps} {text} lr {lr:.2g} '
              f'{rate:.2f} steps/s eta {eta / 60:.1f} min')
 
-  def export_best(self, export_dir):
-    """Exports the best checkpoint (latest weights if none) as a SavedModel, atomically.
+  def export_best(self, export_dir, checkpoint=None):
+    """Exports `checkpoint` (default: the best one, else the latest) as a SavedModel, atomically.
 
     The exported model is a new one from the task's factory (outside the strategy's scope), or,
     for a model given as an instance, the live model, which then keeps the best weights. Raises
     ValueError, writing nothing, unless every weight of the model came from the checkpoint and
     every model weight in the checkpoint found its place.
     """
-    best = self.best_manager.latest_checkpoint or self.manager.latest_checkpoint
+    best = checkpoint or self.best_manager.latest_checkpoint or self.manager.latest_checkpoint
     if self.task.model_fn is not None:
       model = self.task.new_model()
       if not best:

@@ -66,15 +66,16 @@ def shrink_to_8x8(images):
 
 
 def tiny_data(num_train=500, num_validation=100, num_test=200, size=28):
-  """A small slice of the embedded digits with the same protocol, for fast loop tests
-  (size=8: shrunk to 8x8)."""
+  """A small slice of the embedded digits with the same protocol (validation first: the digits
+  are stored shuffled), for fast loop tests (size=8: shrunk to 8x8)."""
   from mma_tf import data as data_lib
   full = data_lib.load('mnist_5k')
   n = num_train + num_validation
   resize = shrink_to_8x8 if size == 8 else (lambda images: images)
   return data_lib.ArraySource('mnist_5k', resize(full.train_images[:n]), full.train_labels[:n],
                               resize(full.test_images[:num_test]), full.test_labels[:num_test],
-                              num_classes=10, num_validation=num_validation)
+                              num_classes=10, num_validation=num_validation,
+                              validation_split='first')
 
 
 def tiny_config(**overrides):

@@ -5,7 +5,8 @@ import tensorflow as tf
 
 from helpers import LinearProblem, small_cnn_predict
 from mma_tf import norms
-from mma_tf.attacks import anpgd, anpgd_test, example_seeds, pgd
+from mma_tf.attacks import (anpgd, anpgd_test, apgd, apgd_targeted, example_seeds, fab,
+                            fab_targeted, pgd, square)
 
 NORMS = ['Linf', 'L2']
 
@@ -205,3 +206,26 @@ def test_bad_input_is_a_clear_value_error(call, match, rng):
   with pytest.raises(ValueError, match=match):
     call(lambda v: calls.append(1) or tf.zeros([tf.shape(v)[0], 10]), x, y)
   assert not calls, 'the error must come before the model is run'
+
+
+@pytest.mark.parametrize('attack, name, minimum', [
+    (lambda p, x, y, n: pgd(p, x, y, 0.1, nb_iter=n), 'nb_iter', 0),
+    (lambda p, x, y, n: anpgd(p, x, y, 0.1, maxeps=0.5, num_search_steps=n), 'num_search_steps',
+     1),
+    (lambda p, x, y, n: apgd(p, x, y, 0.1, nb_iter=n), 'nb_iter', 0),
+    (lambda p, x, y, n: apgd(p, x, y, 0.1, n_restarts=n), 'n_restarts', 1),
+    (lambda p, x, y, n: apgd_targeted(p, x, y, 0.1, n_target_classes=n), 'n_target_classes', 1),
+    (lambda p, x, y, n: fab(p, x, y, 0.1, nb_iter=n), 'nb_iter', 0),
+    (lambda p, x, y, n: fab_targeted(p, x, y, 0.1, n_target_classes=n), 'n_target_classes', 1),
+    (lambda p, x, y, n: square(p, x, y, 0.1, n_queries=n), 'n_queries', 0),
+])
+def test_every_attack_takes_counts_by_one_rule(attack, name, minimum, rng):
+  """Counts shape the graph: a float (even 2.0) or a bool is refused, never truncated, and so is
+  a count below the minimum; NumPy integers are accepted."""
+  x = rng.uniform(0, 1, (4, 4, 4, 1)).astype(np.float32)
+  y = np.zeros(4, np.int32)
+  predict = lambda v: tf.reshape(v, [tf.shape(v)[0], -1])[:, :5]
+  for bad in (2.0, 2.5, True, minimum - 1):
+    with pytest.raises(ValueError, match=f'{name} must be an int >= {minimum}; got {bad!r}'):
+      attack(predict, x, y, bad)
+  attack(predict, x, y, np.int64(minimum + 1))

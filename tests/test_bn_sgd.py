@@ -149,3 +149,25 @@ def test_schedule_is_pytorch_multisteplr_stepped_per_iteration():
       assert float(schedule(k - 1)) == pytest.approx(torch_rate)
   assert float(schedule(0)) == pytest.approx(values[0])
   assert float(schedule(config.train_steps)) == pytest.approx(values[-1])
+
+
+def test_the_schedule_follows_the_trainers_steps_when_float16_steps_are_skipped(data8, tmp_path):
+  """Under mixed_float16 a step with non-finite gradients is skipped and the optimizer's own
+  count stays behind; the schedule still runs on the trainer's steps: after 3 skipped steps,
+  step 4 uses the rate after boundary 3 (0 here, so the applied step leaves the weights)."""
+  config = tiny_config(objective='standard', optimizer='sgd', learning_rate=None,
+                       lr_boundaries=(3,), lr_values=(0.1, 0.0), mixed_precision='mixed_float16')
+  trainer = trainer_lib.Trainer(config, str(tmp_path), data=data8, log=QUIET)
+  optimizer = trainer.task.optimizer
+  optimizer.dynamic_scale.assign(2.0**100)  # float16 gradients overflow: steps 1-3 are skipped
+  iterator = iter(trainer.task.train_batches(0))
+  for _ in range(3):
+    trainer.task.train_step(iterator)
+  assert int(optimizer.iterations.numpy()) == 0 and int(trainer.task.step.numpy()) == 3
+  assert float(optimizer.learning_rate) == 0.0  # the rate the log shows: step 4's
+  optimizer.dynamic_scale.assign(2.0**10)
+  before = _weights(trainer)
+  trainer.task.train_step(iterator)
+  assert int(optimizer.iterations.numpy()) == 1  # step 4 was applied, at rate 0
+  for a, b in zip(before, _weights(trainer)):
+    np.testing.assert_array_equal(a, b)

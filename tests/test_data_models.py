@@ -125,7 +125,7 @@ def test_cifar_training_batches_are_augmented_per_image_and_validation_is_not():
   np.testing.assert_array_equal(first['image'], again['image'])
   val_images, val_labels, val_indices = data.eval_split('validation')
   val = next(iter(data_lib.eval_dataset(val_images, val_labels, val_indices, 4)))
-  np.testing.assert_allclose(val['image'], images[:4] / 255.0, atol=1e-7)
+  np.testing.assert_allclose(val['image'], images[val_indices] / 255.0, atol=1e-7)
 
 
 def test_unknown_dataset_is_a_value_error():

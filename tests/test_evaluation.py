@@ -273,8 +273,8 @@ def test_cli_evaluates_a_two_class_model(tmp_path, protocol, change):
 
 
 def test_cli_validation_split_is_the_training_runs(keras_export, tmp_path):
-  """--split=validation takes num_validation (or the listed images) from the run's config.json
-  next to the export, and says so."""
+  """--split=validation takes num_validation and the split rule from the run's config.json next
+  to the export, and says so."""
   run = tmp_path / 'run'
   shutil.copytree(keras_export, run / 'export')
   record = {'dataset': 'mnist_5k', 'data': {'name': 'mnist_5k', 'num_validation': 40}}
@@ -284,7 +284,7 @@ def test_cli_validation_split_is_the_training_runs(keras_export, tmp_path):
   result = _evaluate_cli(f'--saved_model={run / "export"}', f'--output_dir={tmp_path / "a"}',
                          *fast)
   assert result.returncode == 0, result.stderr[-3000:]
-  said = f'the first 40 training images (num_validation from {run / "config.json"})'
+  said = f'the first 40 training images (from {run / "config.json"})'
   assert said in result.stdout
   results = json.loads((tmp_path / 'a' / 'results.json').read_text())
   assert results['num_examples'] == 40 and said in results['split_images']
@@ -294,11 +294,21 @@ def test_cli_validation_split_is_the_training_runs(keras_export, tmp_path):
   assert clash.returncode == 2 and '--num_validation=500, but the run trained with 40' in \
       clash.stderr
 
-  record['data']['validation_split'] = [7, 3, 11]
-  (run / 'config.json').write_text(json.dumps(record))
-  listed = _evaluate_cli(f'--saved_model={run / "export"}', f'--output_dir={tmp_path / "c"}',
-                         *fast)
-  assert listed.returncode == 0, listed.stderr[-3000:]
-  assert 'the 3 training images listed in' in listed.stdout
-  labels = np.load(tmp_path / 'c' / 'per_example.npz')['labels']
-  np.testing.assert_array_equal(labels, data_lib.load('mnist_5k').train_labels[[7, 3, 11]])
+  # npz data validates on a recorded random selection; a record without one on the first images.
+  digits = data_lib.load('mnist_5k')
+  npz = tmp_path / 'digits.npz'
+  np.savez(npz, x_train=digits.train_images[:300], y_train=digits.train_labels[:300])
+  for rule in ('random:0', None):
+    record = {'dataset': f'npz:{npz}', 'data': {'num_validation': 30}}
+    if rule:
+      record['data']['validation_split'] = rule
+    (run / 'config.json').write_text(json.dumps(record))
+    out = tmp_path / f'npz-{rule}'
+    result = _evaluate_cli(f'--saved_model={run / "export"}', f'--dataset=npz:{npz}',
+                           f'--output_dir={out}', *fast)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = data_lib.from_npz(str(npz), 30, validation_split=rule or 'first')
+    np.testing.assert_array_equal(np.load(out / 'per_example.npz')['labels'],
+                                  expected.eval_split('validation')[1])
+    assert ('a fixed random selection (random:0) of 30' if rule else 'the first 30') in \
+        result.stdout

@@ -102,3 +102,32 @@ def test_vectorised_philox_draws_tf_stateless_numbers_for_every_seed():
       norms.VECTORISED_RNG = None
   for a, b in zip(draws[False], draws[True]):
     np.testing.assert_array_equal(a, b)
+
+
+def test_per_example_seeds_fold_in_as_tf_and_streams_are_disjoint():
+  """norms.fold_in, which every seed derivation uses (example_seeds, APGD's restarts), equals
+  tf.random.experimental.stateless_fold_in per seed, on both draw paths and under XLA. Square's
+  Philox sub-streams: stream 0 is stateless_uniform's own, the others differ from it."""
+  seeds = tf.constant([[0, 0], [1, 2], [-5, 123456789012345], [2**62, -1], [7, 2**40 + 3]],
+                      tf.int64)
+  for vectorised in (False, True):
+    norms.VECTORISED_RNG = vectorised
+    try:
+      for dtype in (tf.int32, tf.int64):
+        key = tf.constant(7, dtype)
+        want = np.stack([tf.random.experimental.stateless_fold_in(s, key, alg='philox').numpy()
+                         for s in seeds])
+        np.testing.assert_array_equal(norms.fold_in(seeds, key), want)
+        np.testing.assert_array_equal(norms.fold_in(seeds[2], key), want[2])
+        xla = tf.function(lambda s, k=key: norms.fold_in(s, k), jit_compile=True)(seeds)
+        np.testing.assert_array_equal(xla, want)
+      keys = tf.constant([3, -4, 2**40], tf.int64)  # one seed, one key per example
+      want = np.stack([tf.random.experimental.stateless_fold_in(seeds[1], k, alg='philox')
+                       for k in keys])
+      np.testing.assert_array_equal(norms.fold_in(seeds[1], keys), want)
+    finally:
+      norms.VECTORISED_RNG = None
+  key = norms.philox_key(seeds)
+  np.testing.assert_array_equal(norms.philox_words(key, 9), norms.philox_bits(seeds, 9))
+  words = [norms.philox_words(key, 9, s).numpy() for s in (0, 1, 2)]
+  assert len({w.tobytes() for w in words}) == 3

@@ -94,21 +94,37 @@ def test_jit_compiled_attacks_train(data, tmp_path):
 
 
 def test_resume_equals_uninterrupted(data, tmp_path, op_determinism):
-  config = tiny_config(train_steps=30, checkpoint_every=7, deterministic=True)
-  full = trainer_lib.Trainer(config, str(tmp_path / 'full'), data=data, log=lambda m: None)
-  full.train()
-  part_dir = str(tmp_path / 'part')
-  trainer_lib.Trainer(tiny_config(train_steps=12, checkpoint_every=7, deterministic=True),
-                      part_dir, data=data, log=lambda m: None).train()
+  # A schedule that wrecks the model after step 12 (25 steps per epoch): the stopped run's
+  # validation at step 12 beats every later one, and must still not become the resumed run's
+  # best (an uninterrupted run never validates there). Resuming also crosses the rate change.
+  loop = dict(checkpoint_every=7, deterministic=True, learning_rate=None, lr_boundaries=(12,),
+              lr_values=(1e-2, 1.0))
+  config = tiny_config(train_steps=30, **loop)
+  full_dir, part_dir = str(tmp_path / 'full'), str(tmp_path / 'part')
+  full = trainer_lib.Trainer(config, full_dir, data=data, log=lambda m: None)
+  full_summary = full.train()
+  stopped = trainer_lib.Trainer(tiny_config(train_steps=12, **loop), part_dir, data=data,
+                                log=lambda m: None).train()
   messages = []
   resumed = trainer_lib.Trainer(config, part_dir, data=data, log=messages.append)
-  resumed.train()
+  summary = resumed.train()
   assert any('Resumed from step 12' in m for m in messages)
   for a, b in zip(_weights(full), _weights(resumed)):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(full.task.eps_memory.numpy(), resumed.task.eps_memory.numpy())
   for a, b in zip(full.task.optimizer.variables, resumed.task.optimizer.variables):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+  assert stopped['best_step'] == 12 and stopped['best_val_value'] > full_summary['best_val_value']
+  assert summary['best_step'] == full_summary['best_step']
+  assert summary['best_val_value'] == full_summary['best_val_value']
+  x = tf.constant(data.test_images[:16] / 255.0, tf.float32)
+  exported = [export_lib.load_classifier(os.path.join(d, 'export'))[0](x).numpy()
+              for d in (full_dir, part_dir)]
+  np.testing.assert_array_equal(*exported)
+  # Started again with nothing left to train, the run reports the same choice.
+  again = trainer_lib.Trainer(config, part_dir, data=data, log=lambda m: None).train()
+  assert again['best_step'] == summary['best_step']
+  assert again['validation'] == summary['validation']
 
 
 def test_training_raises_the_margin_and_exports_a_differentiable_savedmodel(data, tmp_path):

@@ -62,9 +62,11 @@ def test_user_model_trains_exports_and_reloads_with_input_gradients(factory, sou
   predict, input_spec = export_lib.load_classifier(summary['export'])
   assert tuple(input_spec.shape[1:]) == (8, 8, 1)
   x, y, _ = data8.eval_split('test', limit=8)
-  # The export holds the best checkpoint of the user's own model, not a rebuilt registry model.
+  # The export holds the best checkpoint of the user's own model, not a rebuilt registry model
+  # (4 steps end no epoch of 10: the final step's, the only one validated).
   best = trainer.task.new_model()
-  trainer_lib.restore_model_weights(best, trainer.best_manager.latest_checkpoint)
+  assert summary['best_step'] == 4 and trainer.best_manager.latest_checkpoint is None
+  trainer_lib.restore_model_weights(best, trainer.manager.latest_checkpoint)
   np.testing.assert_allclose(predict(tf.constant(x)), best(x, training=False), atol=1e-5)
   assert np.abs(_input_gradient(predict, x, y)).sum() > 0
   with open(os.path.join(model_dir, 'config.json')) as f:
@@ -138,8 +140,8 @@ def test_arrays_are_checked_for_range_shape_and_labels():
     data_lib.from_arrays(x, y[:-1])
   source = data_lib.from_arrays(x.astype(np.float32) / 255.0, y)
   assert source.pixels == 'float' and source.num_validation == 18  # 10% by default
-  images, _, _ = source.eval_split('validation')
-  np.testing.assert_allclose(images, x[:18] / 255.0, atol=1e-6)
+  images, _, indices = source.eval_split('validation')
+  np.testing.assert_allclose(images, x[indices] / 255.0, atol=1e-6)
 
 
 def test_npz_archives_load_and_bad_ones_say_what_is_missing(tmp_path):
@@ -213,12 +215,18 @@ def test_a_stream_with_an_out_of_range_label_stops_with_an_error(tmp_path):
   x, y, _, _ = _digit_arrays()
   y = y.copy()
   y[100:] = 12  # a label the declared 10 classes do not have
+  # Beyond the validation split and first shuffle block (20 + 64), which start-up reads.
   source = data_lib.from_dataset(tf.data.Dataset.from_tensor_slices((x, y)), num_classes=10,
-                                 num_validation=20)
-  trainer = trainer_lib.Trainer(small_config(train_steps=3), str(tmp_path), data=source,
+                                 num_validation=20, shuffle_buffer=64)
+  trainer = trainer_lib.Trainer(small_config(train_steps=10), str(tmp_path), data=source,
                                 log=QUIET)
   with pytest.raises(ValueError, match=r'a label is >= num_classes \(10\)'):
     trainer.train()
+  # Inside them: refused at start-up.
+  source = data_lib.from_dataset(tf.data.Dataset.from_tensor_slices((x, y)), num_classes=10,
+                                 num_validation=20)
+  with pytest.raises(ValueError, match=r'labels must be class ids in \[0, 10\)'):
+    trainer_lib.Trainer(small_config(train_steps=10), str(tmp_path / 'b'), data=source, log=QUIET)
 
 
 def _steps(trainer, n):

@@ -46,12 +46,9 @@ def bisection_search(margin_fn, x, u, first_scale, first_margin, maxeps, num_ste
 
 
 def _check_search_args(maxeps, num_search_steps):
-  if not pgd_lib._is_concrete(maxeps):
-    return
-  if not float(maxeps) > 0:
+  pgd_lib.check_count(num_search_steps, 'num_search_steps', 1)
+  if pgd_lib._is_concrete(maxeps) and not float(maxeps) > 0:
     raise ValueError(f'maxeps must be > 0; got {maxeps}.')
-  if int(num_search_steps) < 1:
-    raise ValueError(f'num_search_steps must be >= 1; got {num_search_steps}.')
 
 
 def anpgd(predict, x, y, eps0, *, maxeps, norm='Linf', nb_iter=40, eps_iter_scale=2.5,

@@ -33,7 +33,8 @@ import tensorflow as tf
 
 from mma_tf import losses as losses_lib
 from mma_tf import norms as norms_lib
-from mma_tf.attacks.pgd import _seeds_for_batch, check_attack_inputs, per_example_vector
+from mma_tf.attacks.pgd import (_seeds_for_batch, check_attack_inputs, check_count,
+                                per_example_vector)
 
 _TINY = 1e-12
 LOSSES = ('ce', 'dlr', 'dlr_targeted', 'ce_targeted', 'lm')
@@ -69,28 +70,12 @@ def apgd_checkpoints(nb_iter):
 
 # -------------------------------------------------------------------------------- random streams
 
-def _fold_in(seeds, key):
-  """Vectorised tf.random.experimental.stateless_fold_in: per-example seeds [B, 2] -> [B, 2]."""
-  def derive(seed):
-    return tf.random.stateless_uniform([], seed, None, None, tf.int64, alg='philox')
-  derived = tf.map_fn(derive, seeds, fn_output_signature=tf.TensorSpec([], tf.int64))
-  return tf.stack([derived, tf.fill(tf.shape(derived), tf.cast(key, tf.int64))], axis=1)
-
-
-def _unit_uniform(seeds, shape):
-  """U[0, 1) [B, *shape] from Philox integer bits of each example's seed (XLA-stable)."""
-  def draw(seed):
-    bits = tf.random.stateless_uniform(shape, seed, None, None, tf.uint32, alg='philox')
-    return tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))
-  return tf.map_fn(draw, seeds, fn_output_signature=tf.TensorSpec(shape, tf.float32))
-
-
 def _random_direction(norm, seeds, like):
   """The reference's unnormalised start direction: U[-1, 1]^D (Linf) or N(0, I) (L2)."""
-  shape = like.shape[1:]
+  shape = like.shape[1:].as_list()
   if norm == 'Linf':
-    return tf.cast(2.0 * _unit_uniform(seeds, shape) - 1.0, like.dtype)
-  u = _unit_uniform(seeds, tf.TensorShape([2]).concatenate(shape))
+    return tf.cast(2.0 * norms_lib.unit_uniform(seeds, shape) - 1.0, like.dtype)
+  u = norms_lib.unit_uniform(seeds, [2] + shape)
   radius = tf.sqrt(-2.0 * tf.math.log(1.0 - u[:, 0]))  # 1 - u in (0, 1]: log is finite
   return tf.cast(radius * tf.cos(2.0 * 3.141592653589793 * u[:, 1]), like.dtype)
 
@@ -232,13 +217,9 @@ def _check_options(norm, loss, nb_iter, n_restarts, rho, target_rank, eot_iter=1
     norm = norms_lib.get_norm(norm).name  # raises on unknown names; accepts 'linf', 'l2'
   if loss not in LOSSES:
     raise ValueError(f'Unknown APGD loss {loss!r}; choose one of {list(LOSSES)}.')
-  if isinstance(nb_iter, bool) or not isinstance(nb_iter, numbers.Integral) or nb_iter < 0:
-    raise ValueError(f'nb_iter must be an int >= 0 (it fixes the step schedule); got {nb_iter!r}.')
-  if (isinstance(n_restarts, bool) or not isinstance(n_restarts, numbers.Integral)
-      or n_restarts < 1):
-    raise ValueError(f'n_restarts must be an int >= 1; got {n_restarts!r}.')
-  if isinstance(eot_iter, bool) or not isinstance(eot_iter, numbers.Integral) or eot_iter < 1:
-    raise ValueError(f'eot_iter must be an int >= 1 (gradient passes per step); got {eot_iter!r}.')
+  check_count(nb_iter, 'nb_iter')
+  check_count(n_restarts, 'n_restarts', 1)
+  check_count(eot_iter, 'eot_iter', 1)
   if not 0.0 <= float(rho) <= 1.0:
     raise ValueError(f'rho must lie in [0, 1] (the reference uses 0.75); got {rho}.')
   if loss in TARGETED:
@@ -293,7 +274,8 @@ def _apgd_from_clean(predict, x, y, eps, clean_logits, *, norm, loss, nb_iter, n
       loss_fn = lambda logits: losses_lib.targeted_dlr_loss(logits, y, targets)
     else:  # maximised: the reference's -CE(z, t)
       loss_fn = lambda logits: -losses_lib.cross_entropy(logits, targets)
-  stream = _fold_in(seeds, 0 if target_rank is None else target_rank)
+  rank = 0 if target_rank is None else target_rank
+  stream = norms_lib.fold_in(seeds, tf.cast(rank, tf.int64))
 
   fooled = tf.not_equal(tf.argmax(clean_logits, -1, output_type=tf.int32), y)
   x_adv = x
@@ -301,7 +283,7 @@ def _apgd_from_clean(predict, x, y, eps, clean_logits, *, norm, loss, nb_iter, n
     # A clean-correct example with radius 0 stays at x and cannot be fooled: not active.
     active = tf.logical_not(fooled) & (eps > 0)
     run_eps = tf.where(active, eps, tf.zeros_like(eps))  # radius 0: the example stays at x
-    run_seeds = _fold_in(stream, restart)
+    run_seeds = norms_lib.fold_in(stream, tf.constant(restart, tf.int64))
 
     def attack(run_eps=run_eps, run_seeds=run_seeds):
       out = _single_run(predict, loss_fn, x, y, run_eps, run_seeds, norm, nb_iter, rho,
@@ -366,9 +348,7 @@ def apgd_targeted(predict, x, y, eps, *, norm='Linf', nb_iter=100, n_target_clas
   """
   check_attack_inputs(x, y, eps, clip_min, clip_max)
   norm = _check_options(norm, 'dlr_targeted', nb_iter, n_restarts, rho, 2)
-  if (isinstance(n_target_classes, bool) or not isinstance(n_target_classes, numbers.Integral)
-      or n_target_classes < 1):
-    raise ValueError(f'n_target_classes must be an int >= 1; got {n_target_classes!r}.')
+  check_count(n_target_classes, 'n_target_classes', 1)
   x = tf.convert_to_tensor(x)
   clean_logits = tf.cast(predict(x), tf.float32)
   num_classes = clean_logits.shape[-1]

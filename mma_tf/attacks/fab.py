@@ -28,7 +28,7 @@ import tensorflow as tf
 from mma_tf import losses as losses_lib
 from mma_tf import norms as norms_lib
 # The package __init__ binds the name `pgd` to the function, so import the helpers by name.
-from mma_tf.attacks.pgd import check_attack_inputs, per_example_vector
+from mma_tf.attacks.pgd import check_attack_inputs, check_count, per_example_vector
 
 _NORM_FLOOR = 1e-8  # the reference floors both step norms before forming alpha
 _L2_ZERO_W = 1e-8  # the reference's L2 projection ignores coordinates with |w_i| below this
@@ -94,8 +94,7 @@ def project_onto_hyperplane_in_box(t, w, b, norm='Linf', clip_min=0.0, clip_max=
 
 
 def _check_fab_args(nb_iter, alpha_max, eta, beta):
-  if int(nb_iter) < 0:
-    raise ValueError(f'nb_iter must be >= 0; got {nb_iter}.')
+  check_count(nb_iter, 'nb_iter')
   if not 0.0 <= float(alpha_max) <= 1.0:
     raise ValueError(f'alpha_max must be in [0, 1] (AutoAttack: 0.1); got {alpha_max}.')
   if not float(eta) > 0:
@@ -200,7 +199,7 @@ def _prepare(x, y, eps, norm, nb_iter, alpha_max, eta, beta, clip_min, clip_max)
 
 
 def fab(predict, x, y, eps, *, norm='Linf', nb_iter=100, target_rank=2, alpha_max=0.1, eta=1.05,
-        beta=0.9, clip_min=0.0, clip_max=1.0, seed=None):
+        beta=0.9, clip_min=0.0, clip_max=1.0):
   """One targeted FAB run toward the class with the `target_rank`-th largest clean logit.
 
   Args:
@@ -209,7 +208,7 @@ def fab(predict, x, y, eps, *, norm='Linf', nb_iter=100, target_rank=2, alpha_ma
       eps 0 accepts only a clean misclassification (min_norm is still computed).
     nb_iter: iterations (AutoAttack: 100). target_rank: in [2, K] (2 = the runner-up class).
     alpha_max, eta, beta: the step's weight on x, the overshoot and the backward step.
-    seed: accepted and ignored (the standard FAB-T has no random start), for a uniform interface.
+    No seed: the standard FAB-T has no random start.
   Returns:
     (x_adv, success, min_norm): min_norm [B] is the norm of the smallest-norm misclassified iterate
     (0 where x is already misclassified, +inf where none was found), an upper bound on the
@@ -218,7 +217,6 @@ def fab(predict, x, y, eps, *, norm='Linf', nb_iter=100, target_rank=2, alpha_ma
   Cost: nb_iter forward+backward and nb_iter + 2 forward passes at most (the loop ends early once
     no example is clean-correct).
   """
-  del seed
   concrete = not tf.is_tensor(target_rank)  # a scalar int tensor gives one trace for every rank
   if concrete and int(target_rank) < 2:
     raise ValueError('target_rank must be in [2, K] (rank 1 is the predicted class); '
@@ -237,7 +235,7 @@ def fab(predict, x, y, eps, *, norm='Linf', nb_iter=100, target_rank=2, alpha_ma
 
 def fab_targeted(predict, x, y, eps, *, norm='Linf', nb_iter=100, n_target_classes=9,
                  all_targets=False, alpha_max=0.1, eta=1.05, beta=0.9, clip_min=0.0,
-                 clip_max=1.0, seed=None):
+                 clip_max=1.0):
   """FAB-T: targeted FAB toward the classes ranked 2..n_target_classes+1 (at most K-1 targets).
 
   As in AutoAttack, a later target runs only on the examples not yet successful at eps; min_norm
@@ -248,9 +246,7 @@ def fab_targeted(predict, x, y, eps, *, norm='Linf', nb_iter=100, n_target_class
   Cost: T * nb_iter forward+backward and T * nb_iter + 2 forward passes at most, with
     T = min(n_target_classes, K - 1). Targets are an outer tf.while_loop around the run's loop.
   """
-  del seed
-  if int(n_target_classes) < 1:
-    raise ValueError(f'n_target_classes must be >= 1 (AutoAttack: 9); got {n_target_classes}.')
+  check_count(n_target_classes, 'n_target_classes', 1)
   geometry, x, eps = _prepare(x, y, eps, norm, nb_iter, alpha_max, eta, beta, clip_min, clip_max)
   logits, correct, num_classes = _clean_pass(predict, x, y)
   min_norm = tf.where(correct, tf.fill(tf.shape(correct), tf.constant(np.inf, x.dtype)),

@@ -3,6 +3,8 @@
 Graph friendly: static shapes, stateless random starts, no host round trips, so the same code runs
 eagerly, inside `tf.function` (with or without `jit_compile`) and inside `strategy.run`.
 """
+import numbers
+
 import numpy as np
 import tensorflow as tf
 
@@ -49,6 +51,15 @@ def check_attack_inputs(x, y, eps, clip_min=0.0, clip_max=1.0, name='eps'):
           'Scale images to [0, 1] and do any normalisation inside the model.')
 
 
+def check_count(value, name, minimum=0):
+  """`value` as an int, or a ValueError: the attacks' iteration, restart and target counts shape
+  their graphs, so they must be Python (or NumPy) integers; a float or bool is refused, never
+  truncated."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    raise ValueError(f'{name} must be an int >= {minimum}; got {value!r}.')
+  return int(value)
+
+
 def example_seeds(seed, keys):
   """Per-example stateless seeds [B, 2] from a base seed (int or [2]) and integer keys [B].
 
@@ -57,10 +68,7 @@ def example_seeds(seed, keys):
   """
   base = tf.cast(tf.reshape(tf.convert_to_tensor(seed), [-1]), tf.int64)
   base = base if base.shape[0] == 2 else tf.stack([base[0], tf.constant(0, tf.int64)])
-  # The same construction as tf.random.experimental.stateless_fold_in, for a vector of keys.
-  keys = tf.cast(keys, tf.int64)
-  derived = tf.random.stateless_uniform([], base, None, None, tf.int64, alg='philox')
-  return tf.stack([tf.fill(tf.shape(keys), derived), keys], axis=1)
+  return norms_lib.fold_in(base, tf.cast(keys, tf.int64))  # each key folded into the base
 
 
 def _seeds_for_batch(seed, batch_size):
@@ -115,13 +123,12 @@ def pgd(predict, x, y, eps, *, norm='Linf', nb_iter=40, step_size=None, rel_step
   check_attack_inputs(x, y, eps, clip_min, clip_max)
   if step_size is not None and rel_step_size is not None:
     raise ValueError('Give step_size or rel_step_size, not both.')
-  if int(nb_iter) < 0:
-    raise ValueError(f'nb_iter must be >= 0; got {nb_iter}.')
+  nb_iter = check_count(nb_iter, 'nb_iter')
   x = tf.convert_to_tensor(x)
   batch_size = tf.shape(x)[0]
   eps = per_example_vector(eps, batch_size, x.dtype)
   if step_size is None:
-    rel = 2.5 / max(int(nb_iter), 1) if rel_step_size is None else rel_step_size
+    rel = 2.5 / max(nb_iter, 1) if rel_step_size is None else rel_step_size
     step = eps * rel
   else:
     check_attack_inputs(x, y, step_size, clip_min, clip_max, name='step_size')
@@ -142,6 +149,6 @@ def pgd(predict, x, y, eps, *, norm='Linf', nb_iter=40, step_size=None, rel_step
     grad = input_gradient(predict, loss_fn, x + delta, y)
     return i + 1, geometry.ascend(x, delta, grad, eps, step, clip_min, clip_max)
 
-  _, delta = tf.while_loop(lambda i, _: i < int(nb_iter), body, (tf.constant(0), delta),
-                           maximum_iterations=int(nb_iter))
+  _, delta = tf.while_loop(lambda i, _: i < nb_iter, body, (tf.constant(0), delta),
+                           maximum_iterations=nb_iter)
   return tf.clip_by_value(x + delta, clip_min, clip_max)

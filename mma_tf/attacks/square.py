@@ -7,9 +7,10 @@ Linf started from vertical +-eps stripes, L2 from a grid of signed tiles renorma
 
 The whole run is one `tf.while_loop` over queries with static shapes; the window side changes with
 the iteration, so windows are masks built from iota comparisons with a dynamic side. Randomness
-comes from a counter-based integer hash keyed by each example's own stateless seed, so an
-example's run does not depend on its batch, on padding or on the number of replicas, and eager,
-`tf.function`, XLA and `strategy.run` draw the same numbers.
+comes from each example's own Philox stream (`norms.philox_words`, keyed by its stateless seed;
+one sub-stream per iteration), so an example's run does not depend on its batch, on padding or
+on the number of replicas, and eager, `tf.function`, XLA and `strategy.run` draw the same
+numbers.
 
 Queries are counted as the reference does: the initial point is query 1, then each iteration
 charges 1 to every example still correctly classified at its start, so a robust example uses
@@ -39,7 +40,8 @@ import tensorflow as tf
 from mma_tf import losses as losses_lib
 from mma_tf import norms as norms_lib
 # Imported by name: the package's __init__ rebinds `mma_tf.attacks.pgd` to the pgd function.
-from mma_tf.attacks.pgd import _seeds_for_batch, check_attack_inputs, per_example_vector
+from mma_tf.attacks.pgd import (_seeds_for_batch, check_attack_inputs, check_count,
+                                per_example_vector)
 
 # p is halved after each of these (raw) iteration indices: the schedule designed for 10k queries.
 P_BOUNDARIES = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -85,33 +87,16 @@ def eta_pattern(s):
 
 # ------------------------------------------------------------------------------------ randomness
 
-def _mix(h):
-  """A 32-bit integer finaliser (xor-shift-multiply): a good avalanche for counter-based draws."""
-  h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(16, tf.uint32)))
-  h = h * tf.constant(0x7feb352d, tf.uint32)
-  h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(15, tf.uint32)))
-  h = h * tf.constant(0x846ca68b, tf.uint32)
-  return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(16, tf.uint32)))
-
-
 def _example_keys(seeds):
-  """Two 32-bit keys [B, 1] per example from its stateless seed [B, 2] (int64)."""
-  words = tf.bitcast(tf.cast(seeds, tf.int64), tf.uint32)  # [B, 2, 2]
-  words = tf.reshape(words, [-1, 4])
-  h = _mix(words[:, 0] + tf.constant(0x9e3779b9, tf.uint32))
-  for j in (1, 2, 3):
-    h = _mix(tf.bitwise.bitwise_xor(h, words[:, j]) + tf.constant(0x85ebca6b, tf.uint32))
-  k2 = _mix(h + tf.constant(0x632be5ab, tf.uint32))
-  return h[:, None], k2[:, None]
+  """Each example's Philox key from its stateless seed [B, 2], derived once per call."""
+  return norms_lib.philox_key(seeds)
 
 
 def _random_bits(keys, stream, n):
-  """uint32 [B, n]: draw j of `stream` (a scalar: 0 = initialisation, i + 1 = iteration i)."""
-  k1, k2 = keys
-  stream = tf.cast(stream, tf.uint32)
-  a = _mix(k1 + stream * tf.constant(0x9e3779b9, tf.uint32))
-  counter = tf.constant(np.arange(n, dtype=np.uint32))[None]
-  return _mix(_mix(tf.bitwise.bitwise_xor(a, counter)) + k2)
+  """uint32 [B, n]: the example's Philox sub-stream `stream` (0 = initialisation, i + 1 =
+  iteration i), from `norms.philox_words` (always vectorised: TF's per-example kernels cannot
+  start a sub-stream)."""
+  return norms_lib.philox_words(keys, n, stream)
 
 
 def _unit_float(bits):
@@ -289,11 +274,9 @@ def square(predict, x, y, eps, *, norm='Linf', n_queries=5000, p_init=0.8, seed=
   if x_shape.rank != 4 or None in x_shape[1:]:
     raise ValueError(f'Square needs NHWC images [B, H, W, C] with static H, W, C; got shape '
                      f'{x_shape}. Reshape flat inputs to images first.')
-  if int(n_queries) != n_queries or n_queries < 0:
-    raise ValueError(f'n_queries must be an integer >= 0; got {n_queries}.')
+  n_queries = check_count(n_queries, 'n_queries')
   if not 0 < p_init <= 1:
     raise ValueError(f'p_init must be in (0, 1]; got {p_init}.')
-  n_queries = int(n_queries)
   x = tf.convert_to_tensor(x)
   _, height, width, channels = x.shape
   y = tf.cast(y, tf.int32)

@@ -78,8 +78,9 @@ _FLAG_NAMES = {'margin_estimates': 'margins', 'rel_step': 'step_fraction'}
 
 def _recorded_validation(saved_model, dataset):
   """What the training run of `saved_model` used as its validation split, from its config.json
-  (<saved_model>/../config.json): {'path', 'num_validation', 'indices' (or None: the first
-  num_validation training images)}; None when there is no record for `dataset`."""
+  (<saved_model>/../config.json): {'path', 'num_validation', 'validation_split' ('first' or
+  'random:SEED'; runs recorded before the field validated on their first images)}; None when
+  there is no record for `dataset`."""
   path = os.path.join(os.path.dirname(os.path.abspath(saved_model.rstrip('/'))), 'config.json')
   if not os.path.exists(path):
     return None
@@ -94,32 +95,19 @@ def _recorded_validation(saved_model, dataset):
     print(f'{path} records a run on {record.get("dataset")!r}, not {dataset!r}: its validation '
           'split does not apply.', flush=True)
     return None
-  indices = identity.get('validation_split')
-  if indices is not None and not (isinstance(indices, list)
-                                  and all(isinstance(i, int) for i in indices)):
-    raise ValueError(f'{path}: data.validation_split is not a list of training-set indices '
-                     f'({str(indices)[:80]}); this mma-evaluate cannot rebuild that split.')
-  num_validation = identity.get('num_validation', record.get('num_validation'))
-  return {'path': path, 'indices': indices,
-          'num_validation': len(indices) if indices is not None else num_validation}
+  return {'path': path, 'validation_split': identity.get('validation_split', 'first'),
+          'num_validation': identity.get('num_validation', record.get('num_validation'))}
 
 
-def _validation_split(data, recorded, limit):
-  """(images, labels, indices, which images they are and where that came from)."""
-  if recorded and recorded['indices'] is not None:
-    import numpy as np  # pylint: disable=import-outside-toplevel
-    if not hasattr(data, 'train_images'):
-      raise ValueError(f'{recorded["path"]} lists the validation images by index; that needs a '
-                       f'dataset held in memory, and {data.name} is streamed.')
-    chosen = np.asarray(recorded['indices'][:limit], np.int64)
-    images = data_lib._to_unit_np(data.train_images[chosen])  # pylint: disable=protected-access
-    return (images, data.train_labels[chosen], np.arange(len(chosen), dtype=np.int32),
-            f'the {data.num_validation} training images listed in {recorded["path"]}')
-  images, labels, index = data.eval_split('validation', limit=limit)
-  source = (f'num_validation from {recorded["path"]}' if recorded else '--num_validation'
+def _describe_split(data, recorded):
+  """Which images the validation split is, and where that came from."""
+  source = (f'from {recorded["path"]}' if recorded else '--num_validation'
             if F.num_validation is not None else
             "the dataset's default; no config.json next to the export")
-  return images, labels, index, f'the first {data.num_validation} training images ({source})'
+  rule = getattr(data, 'validation_split', 'first')
+  which = ('the first' if rule == 'first' else
+           f'a fixed random selection ({rule}) of')
+  return f'{which} {data.num_validation} training images ({source})'
 
 
 def main(argv):
@@ -173,16 +161,17 @@ def main(argv):
         f'are {tuple(shape)}; evaluate on the dataset the model was trained for.')
     if builtin and not input_spec.shape[1:].is_compatible_with(builtin.image_shape):
       raise shape_clash(builtin.image_shape)
-    data = data_lib.load(F.dataset, F.tfds_data_dir, num_validation=num_validation)
+    split_rule = recorded['validation_split'] if recorded and F.dataset.startswith('npz:') \
+        else None
+    data = data_lib.load(F.dataset, F.tfds_data_dir, num_validation=num_validation,
+                         validation_split=split_rule)
     config.validate(data.image_shape)
     if not input_spec.shape[1:].is_compatible_with(data.image_shape):
       raise shape_clash(data.image_shape)
     split = 'the test split'
+    images, labels, _ = data.eval_split(F.split, limit=F.num_examples)
     if F.split == 'validation':
-      images, labels, _, which = _validation_split(data, recorded, F.num_examples)
-      split = f'the validation split: {which}'
-    else:
-      images, labels, _ = data.eval_split(F.split, limit=F.num_examples)
+      split = f'the validation split: {_describe_split(data, recorded)}
     attacks = ', '.join(f'{p}: {" -> ".join(a.name for a in attack_list)}'
                         for p, attack_list in config.protocol_attacks().items())
     print(f'Evaluating {F.saved_model} on {len(labels)} {F.dataset} images ({split}), '

@@ -47,9 +47,10 @@ _FIELDS = {
               'package.module:factory (importable from the working directory or PYTHONPATH; '
               'called as factory(input_shape=..., num_classes=...), returns a keras.Model '
               'mapping [0, 1] images to logits) or the path of a .keras file.'),
-    'num_validation': (flags.DEFINE_integer, 'Validation images, taken from the front of the '
-                       'training set (default: 5000 for mnist / cifar10, 500 for mnist_5k, '
-                       'otherwise 10% of the training set up to 5000).'),
+    'num_validation': (flags.DEFINE_integer, 'Validation images (default: 5000 for mnist / '
+                       'cifar10, 500 for mnist_5k, otherwise 10% of the training set up to '
+                       '5000): the first ones for the built-in datasets and tfds:NAME, a fixed '
+                       'random selection (the same every run) for npz:PATH.'),
     'input_range': (flags.DEFINE_list, 'lo,hi: the pixel range your model expects (e.g. 0,255); '
                     'the trainer puts x -> lo + (hi - lo) x in front of it, so data, radii and '
                     'the export stay in [0, 1]. Default 0,1.'),

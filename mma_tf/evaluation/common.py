@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from mma_tf.attacks.pgd import example_seeds
+from mma_tf.norms import fold_in
 
 
 def is_correct(logits, labels):
@@ -29,7 +30,7 @@ def stream_example_seeds(seed, name, index, stage=None):
   rank; an int or a scalar tensor), keyed by each example's dataset index."""
   base = stream_seed(seed, name)
   if stage is not None:
-    base = tf.random.experimental.stateless_fold_in(base, tf.cast(stage, tf.int32))
+    base = fold_in(base, tf.cast(stage, tf.int32))
   return example_seeds(base, index)
 
 
