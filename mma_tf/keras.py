@@ -245,6 +245,18 @@ class AdversarialModel(keras.Model):
                        'keras.optimizers.LossScaleOptimizer.')
     self._replica_step = None  # built for this optimizer on first use
 
+  def get_compile_config(self):
+    config = super().get_compile_config()
+    if config:
+      config['jit_compile'] = self.config.jit_compile  # what compile() was given
+    return config
+
+  def compile_from_config(self, config):
+    """keras.saving.load_model compiles the loaded wrapper as it was (optimizer state too)."""
+    self.compile(**keras.saving.deserialize_keras_object(config))
+    if self.built:
+      self.optimizer.build(self.trainable_variables)
+
   @property
   def metrics(self):
     return [m for m in (self._train_stats, self._val_stats) if m is not None]
@@ -370,6 +382,9 @@ class AdversarialModel(keras.Model):
                        f'{num_examples - 1}) but the memory holds {self.eps_memory.shape[0]} '
                        '(num_examples); train on at most that many, or build a new '
                        'AdversarialModel with a larger num_examples.')
+    if getattr(self, 'optimizer', None) is not None and not self.optimizer.built:
+      with self.distribute_strategy.scope():  # the attacks read a loss scale's variable
+        self.optimizer.build(self.trainable_variables)
     return self.num_classes
 
   def _create_memories(self, num_examples):

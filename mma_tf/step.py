@@ -61,7 +61,8 @@ class ReplicaStep:
   def _attack_loss_scale(self):
     """The attacks' loss scale: the optimizer's dynamic scale per example of the global batch,
     so an example's gradient through the model is scaled as in the weight pass (a mean loss)."""
-    return tf.cast(self.optimizer.dynamic_scale, tf.float32) / self._global_batch_size
+    return (tf.cast(self.optimizer.dynamic_scale, tf.float32)
+            / tf.cast(self._global_batch_size, tf.float32))
 
   def _gradients(self, batch, eps0, seeds, warm_start=None):
     """The objective and its weight gradients on one replica's batch (and, with the perturbation

@@ -23,6 +23,7 @@ from mma_tf.step import ReplicaStep
 VALIDATION_METRICS = ('clean_acc', 'pgd_acc', 'avg_margin')
 
 
+@keras.saving.register_keras_serializable(package='mma_tf')  # a saved Keras wrapper names it
 class TorchSGD(keras.optimizers.Optimizer):
   """PyTorch's SGD with momentum (dampening 0, no Nesterov): v = mu v + g; w -= lr v.
 
