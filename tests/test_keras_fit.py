@@ -103,8 +103,9 @@ def test_two_replicas_keep_the_weights_and_memories_of_one_device(data8, tmp_pat
   assert one.perturbation_memory.known.numpy().sum() > 100
   for a, b in zip(_state(one), _state(two), strict=True):
     np.testing.assert_allclose(a, b, atol=2e-3)  # the same weights up to float rounding
-  for variable in (two.eps_memory, two.perturbation_memory.table, two.perturbation_memory.known):
-    first, second = [v.numpy() for v in getattr(variable, 'value', variable).values]
+  for variable in (two.eps_memory.value, two.perturbation_memory.table,
+                   two.perturbation_memory.known):
+    first, second = [v.numpy() for v in variable.values]
     np.testing.assert_array_equal(first, second)  # replicas hold one table
 
 
