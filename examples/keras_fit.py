@@ -17,24 +17,20 @@ from mma_tf import data, evaluation, export
 
 
 def build_model(input_shape, num_classes):
-  """Any Keras model from [0, 1] images to logits (no final softmax)."""
-  return keras.Sequential([
-      keras.Input(input_shape),
-      keras.layers.Conv2D(32, 3, activation='relu'),
-      keras.layers.MaxPooling2D(2),
-      keras.layers.Conv2D(64, 3, activation='relu'),
-      keras.layers.MaxPooling2D(2),
-      keras.layers.Flatten(),
-      keras.layers.Dense(128, activation='relu'),
-      keras.layers.Dense(num_classes),
-  ])
+  """Any Keras model from [0, 1] images to logits (no final softmax); here a functional one."""
+  images = keras.Input(input_shape)
+  x = keras.layers.Conv2D(32, 5, strides=2, padding='same', activation='relu')(images)
+  x = keras.layers.Conv2D(64, 5, strides=2, padding='same', activation='relu')(x)
+  x = keras.layers.Dense(128, activation='relu')(keras.layers.Flatten()(x))
+  return keras.Model(images, keras.layers.Dense(num_classes)(x), name='my_net')
 
 
 def load_my_data():
-  """Your arrays: images [N, H, W, C] as uint8 0-255 (or float in [0, 1]) and integer labels.
-  Here: the 5,000 real MNIST digits that ship with mma_tf."""
+  """Your arrays: images [N, H, W, C] as float in [0, 1] (or uint8 0-255) and integer labels.
+  Here: the 5,000 real MNIST digits that ship with mma_tf, as (train, test) pairs."""
   digits = data.load('mnist_5k')
-  return digits.train_images, digits.train_labels, digits.test_images, digits.test_labels
+  return ((digits.train_images / 255.0).astype('float32'), digits.train_labels), (
+      (digits.test_images / 255.0).astype('float32'), digits.test_labels)
 
 
 def main():
@@ -47,7 +43,7 @@ def main():
                       'path, not a training run.')
   args = parser.parse_args()
 
-  x_train, y_train, x_test, y_test = load_my_data()
+  (x_train, y_train), (x_test, y_test) = load_my_data()
   if args.quick:
     x_train, y_train = x_train[:400], y_train[:400]
   x_val, y_val, x_train, y_train = x_train[:100], y_train[:100], x_train[100:], y_train[100:]
@@ -75,12 +71,12 @@ def main():
   export_dir = os.path.join(args.out_dir, 'export')
   model.export(export_dir, verbose=False)  # [0, 1] images -> logits; the memories stay out
   predict, _ = export.load_classifier(export_dir)
-  images, labels = x_test[:args.eval_examples] / 255.0, y_test[:args.eval_examples]
+  images, labels = x_test[:args.eval_examples], y_test[:args.eval_examples]
   budgets = dict(apgd_nb_iter=5, fab_nb_iter=5, n_target_classes=2, square_queries=20,
                  margin_estimates=()) if args.quick else {}
   eval_config = evaluation.EvalConfig(norm='Linf', eps=(0.1, 0.2, 0.3), protocol='autoattack',
                                       **budgets)
-  results, _ = evaluation.evaluate(predict, images.astype('float32'), labels, eval_config,
+  results, _ = evaluation.evaluate(predict, images, labels, eval_config,
                                    progress=lambda text: print(' ', text, flush=True))
   print(evaluation.markdown_table(results, f'{export_dir}, AutoAttack'))
 
