@@ -44,7 +44,7 @@ def main(_):
   base.set_weights(trainer.task.model.get_weights())
   settings = {k: getattr(config, k) for k, v in keras_lib.SETTINGS.items()
               if getattr(config, k) != v}
-  model = keras_lib.AdversarialModel(base, **settings)
+  model = keras_lib.AdversarialModel(base, num_examples=FLAGS.examples, **settings)
   model.compile(optimizer=trainer_lib.build_optimizer(config))
   print(f'CPU: {cpu_description()}; TF {tf.__version__}; MMA, {config.model}, batch '
         f'{config.batch_size}, nb_iter {config.nb_iter}: {steps} steps per round', flush=True)

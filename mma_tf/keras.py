@@ -31,6 +31,7 @@ Resume: the memories are weights of the wrapper and the attack randomness is key
 `optimizer.iterations`, so `BackupAndRestore` (save_freq='epoch') resumes exactly; mid-epoch
 backups (save_freq=N) replay the interrupted epoch from its start, as for any Keras model.
 """
+import contextlib
 import dataclasses
 import math
 
@@ -118,13 +119,29 @@ def _shuffling(dataset):
   if dataset.options().deterministic is False:
     return 'its options allow non-deterministic order'
   try:  # the dataset's graph; no public API reads it
+    variant = dataset._variant_tensor  # pylint: disable=protected-access
     graph = tf.compat.v1.GraphDef.FromString(
-        tf.raw_ops.DatasetToGraphV2(input_dataset=dataset._variant_tensor).numpy())  # pylint: disable=protected-access
+        tf.raw_ops.DatasetToGraphV2(input_dataset=variant).numpy())
   except Exception:  # pylint: disable=broad-except  (cannot tell)
     return None
   nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
   ops = sorted({n.op for n in nodes if 'Shuffle' in n.op})
   return f'it shuffles ({", ".join(ops)})' if ops else None
+
+
+_DATA_ERROR = 'mma_tf.keras'  # starts the messages of the datasets' checks
+
+
+@contextlib.contextmanager
+def _data_errors():
+  """A failed check of a dataset as it is read (an InvalidArgumentError from the iterator)
+  becomes a ValueError with its message."""
+  try:
+    yield
+  except tf.errors.InvalidArgumentError as e:
+    if _DATA_ERROR not in e.message:
+      raise
+    raise ValueError(e.message[e.message.index(_DATA_ERROR):].splitlines()[0]) from None
 
 
 class _Statistics(keras.metrics.Metric):
@@ -201,12 +218,14 @@ class AdversarialModel(keras.Model):
     self._settings = dict(settings)
     self.config = _settings_config(settings)
     self.base = base
+    # The strategy whose scope this wrapper was built in (None: the default, one device).
+    self._strategy = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
     self.objective = objectives_lib.build_objective(self.config)
     if self.config.perturbation_memory and not self.objective.supports_perturbation_memory:
       raise ValueError(f'perturbation_memory stores the training attack\'s perturbation, and the '
                        f'objective {self.objective.name!r} has no training attack that can '
                        'start from one; drop it.')
-    outside = self._distribute_strategy is None and any(
+    outside = self._strategy is None and any(
         isinstance(getattr(v, 'value', v), tf.distribute.DistributedValues) for v in base.variables)
     if outside:
       raise ValueError("The model's variables are distributed but AdversarialModel is built "
@@ -278,19 +297,15 @@ class AdversarialModel(keras.Model):
       if isinstance(x, tf.data.Dataset):
         raise ValueError('validation_split needs arrays; pass validation_data with a dataset.')
       x, y, validation_data = self._split(x, y, validation_split)
-    train, bad = self._train_data(x, y, batch_size, shuffle, steps_per_epoch)
+    train = self._train_data(x, y, batch_size, shuffle, steps_per_epoch)
     if validation_data is not None:
       validation_data = self._eval_data(validation_data, None,
                                         validation_batch_size or batch_size)
     callbacks = list(callbacks or []) + [_EpochOrder(self)]
-    try:
+    with _data_errors():
       return super().fit(train, epochs=epochs, callbacks=callbacks, shuffle=False,
                          validation_data=validation_data, steps_per_epoch=steps_per_epoch,
                          **kwargs)
-    except tf.errors.InvalidArgumentError as e:
-      if bad not in e.message:
-        raise
-      raise ValueError(e.message[e.message.index(bad):].splitlines()[0]) from None
 
   def evaluate(self, x=None, y=None, batch_size=None, *args, **kwargs):
     """clean_acc, pgd_acc (PGD at test_eps) and avg_margin (AN-PGD), as the Trainer's
@@ -301,7 +316,8 @@ class AdversarialModel(keras.Model):
       x, y = self._eval_data(x, y, batch_size), None
     self._evaluating = True
     try:
-      return super().evaluate(x, y, batch_size, *args, **kwargs)
+      with _data_errors():
+        return super().evaluate(x, y, batch_size, *args, **kwargs)
     finally:
       self._evaluating = False
 
@@ -318,7 +334,8 @@ class AdversarialModel(keras.Model):
 
   def test_step(self, data):
     batch = dict(data, image=_unit_images(data['image']))
-    sums = self._get_replica_step().validation_sums(batch, self._global(tf.shape(batch['label'])[0]))
+    sums = self._get_replica_step().validation_sums(
+        batch, self._global(tf.shape(batch['label'])[0]))
     count = sums.pop('count')
     self._val_stats.update_state(sums, count)
     return self._val_stats.result()
@@ -362,7 +379,7 @@ class AdversarialModel(keras.Model):
         logits = self.base(tf.zeros([1, *image_shape]), training=False)  # builds it
         self.num_classes = int(logits.shape[-1]) if logits.shape.rank == 2 else -1
         user_models.check_classifier(self.base, image_shape, self.num_classes,
-                                     self._distribute_strategy)
+                                     self._strategy)
       self._checked_shape, self.image_shape, self.built = image_shape, image_shape, True
       with self.distribute_strategy.scope():
         self._train_stats = _Statistics(self._stat_names(), self.objective.summarize,
@@ -429,7 +446,7 @@ class AdversarialModel(keras.Model):
 
   def _get_replica_step(self):
     if self._replica_step is None:
-      whole = self._distribute_strategy is None
+      whole = self._strategy is None
       self.objective = objectives_lib.build_objective(self.config)
       self._replica_step = ReplicaStep(
           self.config, self.objective, self.base, self.optimizer, self.eps_memory,
@@ -472,13 +489,11 @@ class AdversarialModel(keras.Model):
     return images, labels, index
 
   def _train_data(self, x, y, batch_size, shuffle, steps_per_epoch):
-    """The training dataset of batches {'image', 'label', 'index'} and the tag of its checks'
-    error messages."""
-    bad = 'mma_tf.keras training data:'
+    """The training dataset of batches {'image', 'label', 'index'}."""
     if isinstance(x, tf.data.Dataset):
       if y is not None:
         raise ValueError('fit(dataset) takes no y: the dataset yields (images, labels).')
-      return self._checked_dataset(x, bad, for_training=True), bad
+      return self._checked_dataset(x, 'training', for_training=True)
     if steps_per_epoch is not None:
       raise ValueError('fit() from arrays runs whole epochs (a permutation each); drop '
                        'steps_per_epoch, or pass a tf.data.Dataset.')
@@ -508,9 +523,9 @@ class AdversarialModel(keras.Model):
     ds = tf.data.Dataset.from_tensors(0).flat_map(epoch).batch(batch_size, drop_remainder=True)
     ds = ds.map(lambda rows: dict(zip(('image', 'label', 'index'),
                                       (tf.gather(t, rows) for t in tensors))))
-    return ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2), bad
+    return ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2)
 
-  def _checked_dataset(self, dataset, bad, for_training):
+  def _checked_dataset(self, dataset, split, for_training):
     """A dataset of batches (images, labels) or ({'image', 'index'}, labels) as batches
     {'image', 'label', 'index'[, 'weight']}, its indices, labels and pixels checked as read."""
     spec = dataset.element_spec
@@ -522,6 +537,7 @@ class AdversarialModel(keras.Model):
       raise ValueError(f"The dataset's inputs as a dict have the keys 'image' and 'index'; got "
                        f'{sorted(spec[0])}.')
     image_spec = spec[0]['image'] if indexed else spec[0]
+    bad = f'{_DATA_ERROR} {split} data:'
     if image_spec.shape.rank != 4 or None in image_spec.shape[1:]:
       raise ValueError(f'The dataset must yield batches of images [batch, H, W, C] of one '
                        f'shape; got {image_spec.shape} (batch it: dataset.batch(n)).')
@@ -580,13 +596,13 @@ class AdversarialModel(keras.Model):
     if isinstance(x, tf.data.Dataset):
       if y is not None:
         raise ValueError('evaluate(dataset) takes no y: the dataset yields (images, labels).')
-      return self._checked_dataset(x, 'mma_tf.keras validation data:', for_training=False)
+      return self._checked_dataset(x, 'validation', for_training=False)
     images, labels, index = self._arrays(x, y, 'validation')
     classes = self._prepare(images.shape[1:])
     data_lib._check_label_range(labels, classes, 'validation')  # pylint: disable=protected-access
     index = np.arange(len(labels), dtype=np.int32) if index is None else index
-    return data_lib.eval_dataset(data_lib._to_unit_np(images), labels, index,  # pylint: disable=protected-access
-                                 batch_size or 32)
+    images = data_lib._to_unit_np(images)  # pylint: disable=protected-access
+    return data_lib.eval_dataset(images, labels, index, batch_size or 32)
 
   def _train_batch(self, data):
     return dict(data, image=_unit_images(data['image']))
