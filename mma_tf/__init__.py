@@ -5,6 +5,7 @@ The Python API (README, "Your own model and data"):
   mma_tf.data.from_arrays / from_dataset / from_tfds / from_npz / load   data sources
   mma_tf.Trainer(config, model_dir, strategy, data=..., model=factory).train()
   mma_tf.configure_process(config)           op determinism and global seeds (optional)
+  mma_tf.keras.AdversarialModel(base, **settings)   compile() + fit() (README, "With model.fit()")
 Names are imported on first use, so `import mma_tf` does not start TensorFlow.
 """
 import importlib
@@ -34,6 +35,7 @@ def __getattr__(name):
   if name in _LAZY:
     module, attr = _LAZY[name]
     return getattr(importlib.import_module(module), attr)
-  if name in ('data', 'attacks', 'evaluation', 'export', 'models', 'objectives', 'configs'):
+  if name in ('data', 'attacks', 'evaluation', 'export', 'models', 'objectives', 'configs',
+              'keras'):
     return importlib.import_module(f'mma_tf.{name}')
   raise AttributeError(f'module mma_tf has no attribute {name!r}')

@@ -334,7 +334,13 @@ def resolve(dataset='mnist_5k', norm='Linf', overrides: Optional[dict] = None):
   An override that would do nothing in the resulting configuration (say `momentum` with Adam, or
   `learning_rate` under a preset schedule) is a ValueError saying why.
   """
-  fields = dict(preset_fields(dataset, norm), dataset=dataset, norm=norm)
+  return build(dict(preset_fields(dataset, norm), dataset=dataset, norm=norm), overrides)
+
+
+def build(fields, overrides: Optional[dict] = None):
+  """A TrainConfig from `fields` (missing ones at the dataclass defaults) with `overrides` (None
+  values ignored) applied, refusing overrides that do nothing (see `resolve`)."""
+  fields = dict(fields)
   overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
   unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
   if unknown:

@@ -51,6 +51,10 @@ def describe(num_examples, image_shape, bits):
           f'{total / 2**20:,.1f} MB ({bits} bits, one copy per replica)')
 
 
+def _variable(name, shape, dtype):
+  return tf.Variable(tf.zeros(shape, dtype), trainable=False, name=name)
+
+
 def _map(fn, *args):
   """fn applied to each example of a batch (the augmentation's per-image ops)."""
   return tf.map_fn(lambda a: fn(*a), args, fn_output_signature=tf.float32)
@@ -62,9 +66,11 @@ class PerturbationMemory:
 
   Create it inside `strategy.scope()`. `read` runs on a replica, `write` in cross-replica context
   with the all-gathered batch (indices unique within it, as the training data guarantees).
+  make_variable(name, shape, dtype) -> a zero tf.Variable (default: a plain one; the Keras
+  wrapper's are weights of the model, so Keras saves them).
   """
 
-  def __init__(self, num_examples, image_shape, bits=16, augment=None):
+  def __init__(self, num_examples, image_shape, bits=16, augment=None, make_variable=None):
     self.image_shape, self.size = tuple(image_shape), int(np.prod(image_shape))
     if bits not in BITS:
       raise ValueError(f'perturbation memory bits must be one of {BITS}; got {bits!r}.')
@@ -78,10 +84,10 @@ class PerturbationMemory:
           'without --perturbation_memory.')
     self.augment = augment
     row = [(self.size + 1) // 2] if bits == 16 else list(image_shape)  # int16 pairs in int32
-    self.table = tf.Variable(tf.zeros([num_examples] + row, tf.int32 if bits == 16 else tf.float32),
-                             trainable=False, name='perturbation_memory')
-    self.known = tf.Variable(tf.zeros([num_examples], tf.bool), trainable=False,
-                             name='perturbation_known')
+    make_variable = make_variable or _variable
+    self.table = make_variable('perturbation_memory', [num_examples] + row,
+                               tf.int32 if bits == 16 else tf.float32)
+    self.known = make_variable('perturbation_known', [num_examples], tf.bool)
 
   def checkpoint_items(self):
     return {'perturbation_memory': self.table, 'perturbation_known': self.known}

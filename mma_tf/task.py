@@ -1,8 +1,9 @@
 """What is trained: a model (built by a factory inside the strategy's scope), its data, an
 objective and the validation metrics. `trainer.Trainer` decides how the loop runs.
 
-Per step, `strategy.run` executes the objective on each replica inside one `tf.function` traced
-once; the summed per-example loss is divided by the global batch size. The per-example eps memory
+Per step, `strategy.run` executes the replica step (`step.ReplicaStep`, shared with Keras' fit in
+`mma_tf.keras`) on each replica inside one `tf.function` traced once; the summed per-example loss
+is divided by the global batch size. The per-example eps memory
 is a mirrored variable, read by gather in the replicas and rewritten in cross-replica context from
 the all-gathered (index, eps) pairs, so every replica and worker holds the same table. Data order
 and attack randomness are functions of (seed, step), so a run restored from a checkpoint repeats an
@@ -15,13 +16,14 @@ from mma_tf import data as data_lib
 from mma_tf import objectives as objectives_lib
 from mma_tf import perturbation_memory as memory_lib
 from mma_tf import precision
-from mma_tf.attacks import example_seeds
-from mma_tf.evaluation.validation import validation_sums
+from mma_tf.evaluation.validation import validation_metrics
 from mma_tf.models import user as user_models
+from mma_tf.step import ReplicaStep
 
 VALIDATION_METRICS = ('clean_acc', 'pgd_acc', 'avg_margin')
 
 
+@keras.saving.register_keras_serializable(package='mma_tf')  # a saved Keras wrapper names it
 class TorchSGD(keras.optimizers.Optimizer):
   """PyTorch's SGD with momentum (dampening 0, no Nesterov): v = mu v + g; w -= lr v.
 
@@ -80,18 +82,6 @@ def build_optimizer(config, step=None):
   return optimizer
 
 
-def _non_finite_everywhere(grads):
-  """Gradients made non-finite on every replica when they are on any one. Keras'
-  LossScaleOptimizer skips a step (and lowers the scale) when the gradients it sees are
-  non-finite, but under a strategy it may judge the replica's own gradients before the
-  all-reduce; this makes every replica agree, so the step is skipped everywhere."""
-  finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-  bad = tf.distribute.get_replica_context().all_reduce(
-      tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32))
-  poison = tf.where(bad > 0, float('nan'), 0.0)
-  return [g + tf.cast(poison, g.dtype) for g in grads]
-
-
 class Task:
   """Model, data, objective and validation for `config`, built under `strategy`.
 
@@ -114,11 +104,11 @@ class Task:
     if config.num_validation is not None and config.num_validation != self.data.num_validation:
       raise ValueError(f'config.num_validation is {config.num_validation} but the data source '
                        f'holds out {self.data.num_validation}; build the source with the same.')
-    self.objective = objective or objectives_lib.build_objective(config)
+    objective = objective or objectives_lib.build_objective(config)
     if config.perturbation_memory:
-      if not self.objective.supports_perturbation_memory:
+      if not objective.supports_perturbation_memory:
         raise ValueError(f'--perturbation_memory stores the training attack\'s perturbation, '
-                         f'and the objective {self.objective.name!r} has no training attack that '
+                         f'and the objective {objective.name!r} has no training attack that '
                          'can start from one; drop the flag.')
       # Before allocating: a table that cannot fit is refused with its size, not an OOM.
       memory_lib.check_size(self.data.num_train_total, self.data.image_shape,
@@ -150,14 +140,23 @@ class Task:
         self.perturbation_memory = memory_lib.PerturbationMemory(
             self.data.num_train_total, self.data.image_shape, config.perturbation_memory_bits,
             self.data.augment)
-    self.loss_scaling = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-    if self.loss_scaling:
-      self.objective.attack_loss_scale = self._attack_loss_scale
+    self.replica_step = ReplicaStep(
+        config, objective, self.model, self.optimizer, self.eps_memory,
+        self.perturbation_memory, strategy.num_replicas_in_sync,
+        whole_step_xla=self._default_strategy, batch_size=config.batch_size)
     # Nothing is compiled around strategy.run: XLA compiles for one device, so with
-    # --jit_compile only what runs inside a replica is compiled (see _replica_step).
+    # --jit_compile only what runs inside a replica is compiled (see step.ReplicaStep.run).
     self.train_step = tf.function(self._train_step_fn, jit_compile=False)
     self.train_loop = tf.function(self._train_loop_fn, jit_compile=False)
     self.eval_step = tf.function(self._eval_step_fn, jit_compile=False)
+
+  @property
+  def objective(self):
+    return self.replica_step.objective
+
+  @objective.setter
+  def objective(self, objective):
+    self.replica_step.objective = objective
 
   def new_model(self):
     """A new model from the factory, behind the declared input range."""
@@ -168,11 +167,6 @@ class Task:
     model = user_models.with_input_range(model, self.data.image_shape, self.config.input_range)
     model(tf.zeros([1, *self.data.image_shape]), training=False)  # a subclassed model builds
     return model
-
-  def _attack_loss_scale(self):
-    """The attacks' loss scale: the optimizer's dynamic scale per example of the global batch,
-    so an example's gradient through the model is scaled as in the weight pass (a mean loss)."""
-    return tf.cast(self.optimizer.dynamic_scale, tf.float32) / self.config.batch_size
 
   def checkpoint_items(self):
     items = {'model': self.model, 'optimizer': self.optimizer, 'step': self.step,
@@ -191,80 +185,20 @@ class Task:
                                            ctx, with_augment_seed=with_seed))
 
   # ------------------------------------------------------------------------------ steps
-  def _replica_gradients(self, batch, eps0, seeds, warm_start=None):
-    """The objective and its weight gradients on one replica's batch (and, with the perturbation
-    memory, the perturbations to remember and the mask of rows to write, as int32)."""
-    config, model = self.config, self.model
-    with tf.GradientTape() as tape:
-      kwargs = {} if warm_start is None else {'warm_start': warm_start}
-      out = self.objective(model, batch['image'], batch['label'], eps0, seeds,
-                           tape.stop_recording, **kwargs)
-      loss = tf.reduce_sum(out.loss) / tf.cast(config.batch_size, tf.float32)
-      total = loss
-      if config.weight_decay:
-        l2 = tf.add_n([tf.reduce_sum(tf.square(v)) for v in model.trainable_variables])
-        total += 0.5 * config.weight_decay * l2 / self.strategy.num_replicas_in_sync
-      if self.loss_scaling:
-        total = self.optimizer.scale_loss(total)
-    grads = tape.gradient(total, model.trainable_variables)
-    sums = {k: tf.reduce_sum(v) for k, v in out.stats.items()}
-    eps = out.eps if self.objective.uses_eps_memory else tf.zeros_like(eps0)
-    remember = {}
-    if warm_start is not None:
-      mask = out.perturbation_mask
-      mask = tf.ones_like(eps0, tf.bool) if mask is None else mask
-      # All-gather has no bool kernel: the mask travels as int32.
-      remember = {'perturbation': out.perturbation, 'mask': tf.cast(mask, tf.int32)}
-    return loss, sums, eps, remember, grads
-
-  def _replica_step(self, batch):
-    index = batch['index']
-    eps0 = tf.gather(self.eps_memory, index)
-    seeds = example_seeds(tf.stack([tf.cast(self.config.seed, tf.int64), self.step]), index)
-    warm_start = None
-    if self.perturbation_memory is not None:
-      warm_start = self.perturbation_memory.read(index, batch.get('augment_seed'))
-    grads_fn = self._replica_gradients
-    if self.config.jit_compile and self._default_strategy:
-      # One device: XLA compiles the whole step (attack, both weight passes, optimizer update).
-      def whole(batch, eps0, seeds, warm_start):
-        loss, sums, eps, remember, grads = grads_fn(batch, eps0, seeds, warm_start)
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-        return loss, sums, eps, remember
-      loss, sums, eps, remember = tf.function(whole, jit_compile=True)(batch, eps0, seeds,
-                                                                       warm_start)
-      return loss, sums, index, eps, remember
-    if self.config.jit_compile:
-      # Under a distribution strategy the gradient all-reduce in apply_gradients is a
-      # cross-replica op, so
-      # XLA compiles everything before it, per replica (a new tf.function per replica: one
-      # shared trace would capture replica 0's variables).
-      grads_fn = tf.function(grads_fn, jit_compile=True)
-    loss, sums, eps, remember, grads = grads_fn(batch, eps0, seeds, warm_start)
-    if self.loss_scaling and self.strategy.num_replicas_in_sync > 1:
-      grads = _non_finite_everywhere(grads)
-    self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-    if 'augment_seed' in batch:
-      remember['augment_seed'] = batch['augment_seed']
-    return loss, sums, index, eps, remember
-
   def _one_step(self, iterator):
     """One training step in cross-replica context: {stat sums, total_loss, eps}."""
     batch = next(iterator)
-    loss, sums, index, eps, remember = self.strategy.run(self._replica_step, args=(batch,))
+    loss, sums, index, eps, remember = self.strategy.run(
+        lambda batch: self.replica_step.run(batch, self.step, self.config.batch_size),
+        args=(batch,))
     reduce = lambda v: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
     out = {k: reduce(v) for k, v in sums.items()}
     out['total_loss'] = reduce(loss)
-    if self.objective.uses_eps_memory or remember:
-      index = self.strategy.gather(index, axis=0)
-    if self.objective.uses_eps_memory:
-      eps = self.strategy.gather(eps, axis=0)
-      self.eps_memory.assign(tf.tensor_scatter_nd_update(self.eps_memory, index[:, None], eps))
-      out['eps'] = eps
-    if remember:
-      remember = {k: self.strategy.gather(v, axis=0) for k, v in remember.items()}
-      self.perturbation_memory.write(index, remember['perturbation'], remember['mask'] > 0,
-                                     remember.get('augment_seed'))
+    gathered = {k: self.strategy.gather(v, axis=0)
+                for k, v in self.replica_step.to_write(index, eps, remember).items()}
+    self.replica_step.write_memories(gathered)
+    if 'eps' in gathered:
+      out['eps'] = gathered['eps']
     self.step.assign_add(1)
     return out
 
@@ -292,23 +226,7 @@ class Task:
     return result
 
   def _eval_step_fn(self, batch):
-    config = self.config
-
-    def replica_sums(batch):
-      # Validation attacks the live model as the training attacks do (float32 logits, loss
-      # scaling under float16).
-      predict = self.objective.attack_predictor(self.model, False)
-      return validation_sums(predict, batch['image'], batch['label'], batch['index'],
-                             batch['weight'], config)
-
-    def replica_eval(batch):
-      # No cross-replica op inside, so the replica's whole work compiles. A new tf.function per
-      # replica (as objectives.compiled): one shared trace would capture replica 0's variables.
-      if config.jit_compile:
-        return tf.function(replica_sums, jit_compile=True)(batch)
-      return replica_sums(batch)
-
-    sums = self.strategy.run(replica_eval, args=(batch,))
+    sums = self.strategy.run(self.replica_step.validation_sums, args=(batch,))
     return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
             for k, v in sums.items()}
 
@@ -322,6 +240,4 @@ class Task:
     for batch in dataset:
       for k, v in self.eval_step(batch).items():
         totals[k] = totals.get(k, 0.0) + float(v)
-    n = max(totals.get('count', 0.0), 1.0)
-    return {'clean_acc': totals['clean_correct'] / n, 'pgd_acc': totals['pgd_correct'] / n,
-            'avg_margin': totals['margin'] / n}
+    return validation_metrics(totals)

@@ -216,18 +216,19 @@ def test_evaluate_traces_once_across_calls_with_the_same_model():
 
 
 def test_float16_gradients_non_finite_on_one_replica_are_non_finite_on_all(two_cpu_strategy):
-  from mma_tf import task
+  from mma_tf import step as step_lib
 
   @tf.function
   def step():
     def on_replica():
       ctx = tf.distribute.get_replica_context()
       bad = tf.where(ctx.replica_id_in_sync_group == 1, np.inf, 0.0)  # replica 1 only
-      return task._non_finite_everywhere([tf.ones([3]) + bad, tf.zeros([2])])
+      return step_lib._non_finite_everywhere([tf.ones([3]) + bad, tf.zeros([2])])
     return two_cpu_strategy.run(on_replica)
 
   results = step()
   for grads in zip(*[two_cpu_strategy.experimental_local_results(g) for g in results]):
     assert all(np.all(~np.isfinite(g.numpy())) for g in grads)  # both replicas, both tensors
-  clean = two_cpu_strategy.run(tf.function(lambda: task._non_finite_everywhere([tf.ones([3])])))
+  clean = two_cpu_strategy.run(
+      tf.function(lambda: step_lib._non_finite_everywhere([tf.ones([3])])))
   assert all(np.all(g.numpy() == 1) for g in two_cpu_strategy.experimental_local_results(clean[0]))

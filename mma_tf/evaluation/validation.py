@@ -22,3 +22,10 @@ def validation_sums(predict, x, y, index, weight, config):
   return {'clean_correct': tf.reduce_sum(weight * correct(x)),
           'pgd_correct': tf.reduce_sum(weight * correct(x_pgd)),
           'margin': tf.reduce_sum(weight * eps_hat), 'count': tf.reduce_sum(weight)}
+
+
+def validation_metrics(totals):
+  """{'clean_acc', 'pgd_acc', 'avg_margin'} from `validation_sums` summed over a split."""
+  n = max(totals.get('count', 0.0), 1.0)
+  return {'clean_acc': totals['clean_correct'] / n, 'pgd_acc': totals['pgd_correct'] / n,
+          'avg_margin': totals['margin'] / n}
