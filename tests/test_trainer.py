@@ -7,8 +7,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
 
 import keras
 
@@ -16,14 +14,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import in_process
 from helpers import tiny_config, tiny_data
 from mma_tf import export as export_lib
 from mma_tf import models
 from mma_tf import trainer as trainer_lib
 from tensorflow.python.framework import config as tf_config  # TF has no public disable
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 @pytest.fixture(scope='module')
@@ -94,11 +90,14 @@ def test_jit_compiled_attacks_train(data, tmp_path):
 
 
 def test_resume_equals_uninterrupted(data, tmp_path, op_determinism):
-  config = tiny_config(train_steps=30, checkpoint_every=7, deterministic=True)
+  # 2 AN-PGD search steps (not 10) in these loop tests: each adds to every trace, and what they
+  # check does not depend on the search's resolution.
+  config = tiny_config(train_steps=30, checkpoint_every=7, deterministic=True, num_search_steps=2)
   full = trainer_lib.Trainer(config, str(tmp_path / 'full'), data=data, log=lambda m: None)
   full.train()
   part_dir = str(tmp_path / 'part')
-  trainer_lib.Trainer(tiny_config(train_steps=12, checkpoint_every=7, deterministic=True),
+  trainer_lib.Trainer(tiny_config(train_steps=12, checkpoint_every=7, deterministic=True,
+                                  num_search_steps=2),
                       part_dir, data=data, log=lambda m: None).train()
   messages = []
   resumed = trainer_lib.Trainer(config, part_dir, data=data, log=messages.append)
@@ -225,19 +224,20 @@ def test_other_configuration_in_the_same_dir_is_refused(data, tmp_path):
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_is_kept(data, tmp_path):
-  trainer_lib.Trainer(tiny_config(train_steps=10), str(tmp_path), data=data,
+  trainer_lib.Trainer(tiny_config(train_steps=10, num_search_steps=2), str(tmp_path), data=data,
                       log=lambda m: None).train()
   index = tf.train.latest_checkpoint(str(tmp_path / 'ckpt')) + '.index'
   with open(index, 'wb') as f:
     f.write(b'not a checkpoint')
   with pytest.raises(ValueError, match='cannot be restored'):
-    trainer_lib.Trainer(tiny_config(train_steps=20), str(tmp_path), data=data).train()
+    trainer_lib.Trainer(tiny_config(train_steps=20, num_search_steps=2), str(tmp_path),
+                        data=data).train()
   assert open(index, 'rb').read() == b'not a checkpoint'  # nothing deleted or overwritten
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data, tmp_path):
-  trainer = trainer_lib.Trainer(tiny_config(train_steps=20, checkpoint_every=2), str(tmp_path),
-                                data=data, log=lambda m: None)
+  config = tiny_config(train_steps=20, checkpoint_every=2, num_search_steps=2)
+  trainer = trainer_lib.Trainer(config, str(tmp_path), data=data, log=lambda m: None)
   objective = trainer.task.objective
 
   class Poisoned(type(objective)):
@@ -250,8 +250,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   trainer.task.objective = Poisoned(objective.config)
   with pytest.raises(trainer_lib.NonFiniteLossError, match='at step 5.*ckpt-4'):
     trainer.train()
-  fresh = trainer_lib.Trainer(tiny_config(train_steps=20, checkpoint_every=2), str(tmp_path),
-                              data=data, log=lambda m: None)
+  fresh = trainer_lib.Trainer(config, str(tmp_path), data=data, log=lambda m: None)
   assert fresh.restore() == 4
   assert all(np.all(np.isfinite(w)) for w in _weights(fresh))
 
@@ -270,10 +269,10 @@ def test_config_rejects_batch_not_divisible_by_replicas():
     (['--objective=omma', '--clean_loss_coeff=0.5'], 'OMMA is MMA without the clean loss'),
 ])
 def test_train_script_rejects_bad_flags_clearly(flags, message, tmp_path):
-  args = [sys.executable, os.path.join(ROOT, 'bin', 'train.py'), '--train_steps=1']
+  args = ['--train_steps=1']
   if not any(f.startswith('--model_dir') for f in flags):
     args.append(f'--model_dir={tmp_path / "run"}')
-  result = subprocess.run(args + flags, capture_output=True, text=True, timeout=120)
+  result = in_process.run_main('mma_tf.cli.train', args + flags)
   assert result.returncode != 0
   assert message in result.stderr + result.stdout
   assert 'Traceback' not in result.stderr
