@@ -18,7 +18,8 @@ except RuntimeError:  # devices already initialised by another import; replica t
 
 
 def pytest_configure(config):
-  config.addinivalue_line('markers', 'slow: long-running reproduction tests (run with --runslow)')
+  config.addinivalue_line('markers', 'slow: long-running tests: the study replay, worker '
+                          'processes, the example (run with --runslow; CI does)')
 
 
 def pytest_addoption(parser):

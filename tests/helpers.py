@@ -1,4 +1,6 @@
 """Small models with known geometry, shared by the tests."""
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -65,11 +67,22 @@ def shrink_to_8x8(images):
   return images[:, 2:26, 2:26].reshape(-1, 8, 3, 8, 3, 1).mean((2, 4)).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=None)
+def _embedded_digits():
+  """The embedded digits, parsed once per test process; read-only, so that no test can change
+  what the next one gets."""
+  from mma_tf import data as data_lib
+  full = data_lib.load('mnist_5k')
+  for array in (full.train_images, full.train_labels, full.test_images, full.test_labels):
+    array.flags.writeable = False
+  return full
+
+
 def tiny_data(num_train=500, num_validation=100, num_test=200, size=28):
   """A small slice of the embedded digits with the same protocol (validation first: the digits
   are stored shuffled), for fast loop tests (size=8: shrunk to 8x8)."""
   from mma_tf import data as data_lib
-  full = data_lib.load('mnist_5k')
+  full = _embedded_digits()
   n = num_train + num_validation
   resize = shrink_to_8x8 if size == 8 else (lambda images: images)
   return data_lib.ArraySource('mnist_5k', resize(full.train_images[:n]), full.train_labels[:n],

@@ -90,6 +90,7 @@ def test_results_do_not_depend_on_batch_size_or_devices(rng, two_cpu_strategy):
   assert 0 < runs[0]['robust'].mean() < 1
 
 
+@pytest.mark.slow  # XLA-compiles every attack for each of two replicas (CI: --runslow)
 def test_xla_on_two_devices_gives_the_default_result(rng, two_cpu_strategy):
   with two_cpu_strategy.scope():  # mirrored weights, as the CLI loads a SavedModel
     _, predict = small_cnn_predict()

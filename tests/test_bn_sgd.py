@@ -13,7 +13,7 @@ from mma_tf import data as data_lib
 from mma_tf import trainer as trainer_lib
 from test_trainer import _steps, _weights
 
-NUM_SEARCH_STEPS = 4
+NUM_SEARCH_STEPS = 2  # each search step adds a WRN forward to every traced MMA step
 QUIET = lambda m: None
 
 

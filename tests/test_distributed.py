@@ -59,6 +59,7 @@ def _results(procs, timeout=400):
   return outputs
 
 
+@pytest.mark.slow  # two worker processes (CI: --runslow)
 def test_multi_worker_run_completes_and_workers_agree(tmp_path):
   a, b = _results(_launch([tmp_path / 'run', 40]))
   assert a['step'] == b['step'] == 40 and a['replicas'] == 2 and a['chief'] and not b['chief']
@@ -69,6 +70,7 @@ def test_multi_worker_run_completes_and_workers_agree(tmp_path):
   assert not any(n.startswith('.worker') for n in os.listdir(tmp_path / 'run'))
 
 
+@pytest.mark.slow  # four worker processes (CI: --runslow)
 def test_worker_crash_between_saves_restarts_every_worker_from_the_chiefs_step(tmp_path):
   run = tmp_path / 'run'
   # Checkpoints at steps 8, 16, 20 (epoch end) and 24; the non-chief dies after the chief's save
@@ -102,6 +104,7 @@ def data():
   return tiny_data()
 
 
+@pytest.mark.slow  # XLA-compiles the validation step for each of two replicas (CI: --runslow)
 def test_jit_compiled_validation_on_two_replicas_matches_graph_validation(data, tmp_path,
                                                                           two_cpu_strategy):
   """--jit_compile with --strategy=mirrored: the validation replica function is compiled inside

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import in_process
 from helpers import LinearProblem, small_cnn_predict
 from mma_tf import data as data_lib
 from mma_tf import evaluation, export
@@ -236,14 +237,15 @@ def test_cli_evaluates_a_plain_keras_export(keras_export, tmp_path):
 ])
 def test_cli_bad_input_writes_nothing(keras_export, tmp_path, flags, message):
   out = tmp_path / 'report'
-  result = _evaluate_cli(f'--saved_model={keras_export}', f'--output_dir={out}', *flags)
+  result = in_process.run_main('mma_tf.cli.evaluate', [f'--saved_model={keras_export}',
+                                                       f'--output_dir={out}', *flags])
   assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
   assert not out.exists() and not (tmp_path / 'report.tmp').exists()
   assert 'Traceback' not in result.stderr
 
 
 def test_cli_missing_savedmodel(tmp_path):
-  result = _evaluate_cli(f'--saved_model={tmp_path / "nope"}')
+  result = in_process.run_main('mma_tf.cli.evaluate', [f'--saved_model={tmp_path / "nope"}'])
   assert result.returncode != 0 and 'No SavedModel directory' in result.stderr
 
 

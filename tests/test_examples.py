@@ -4,9 +4,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # two runs of the example, each with a 500-image validation (CI: --runslow)
 def test_train_your_own_model_example_trains_resumes_exports_and_evaluates(tmp_path):
   args = [sys.executable, os.path.join(ROOT, 'examples', 'train_your_own_model.py'),
           f'--model_dir={tmp_path / "run"}', '--train_steps=4', '--eval_examples=20',

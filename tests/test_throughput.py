@@ -23,28 +23,36 @@ def _state(trainer):
   return [v.numpy() for v in trainer.task.model.weights] + [trainer.task.eps_memory.numpy()]
 
 
-def _warm_start(trainers, data, tmp_path):
-  """Both trainers from one briefly trained model, so MMA attacks most examples."""
+@pytest.fixture(scope='module')
+def warm_weights(data8, tmp_path_factory):
+  """One briefly trained model, trained once for the module, so MMA attacks most examples."""
   warm = trainer_lib.Trainer(tiny_config(objective='standard', learning_rate=1e-2),
-                             str(tmp_path / 'warm'), data=data, log=QUIET)
+                             str(tmp_path_factory.mktemp('warm')), data=data8, log=QUIET)
   for epoch in range(6):
     iterator = iter(warm.task.train_batches(epoch))
     for _ in range(warm.steps_per_epoch):
       warm.task.train_step(iterator)
+  return warm.task.model.get_weights()
+
+
+def _warm_start(trainers, warm_weights):
+  """Both trainers from the briefly trained model."""
   for t in trainers:
-    t.task.model.set_weights(warm.task.model.get_weights())
+    t.task.model.set_weights(warm_weights)
 
 
 # ------------------------------------------------------------------------------ steps per loop
 @pytest.mark.parametrize('replicas', [1, 2])
-def test_a_loop_of_n_steps_equals_n_single_steps(replicas, data8, tmp_path,
+def test_a_loop_of_n_steps_equals_n_single_steps(replicas, data8, tmp_path, warm_weights,
                                                  op_determinism, two_cpu_strategy):  # noqa: F811
   strategy = two_cpu_strategy if replicas == 2 else None
+  # 2 AN-PGD search steps (not 10) in the MMA runs of this file: each adds to every trace, and
+  # what the tests compare does not depend on the search's resolution.
   config = tiny_config(model='small_cnn', batch_size=16, optimizer='sgd', learning_rate=0.05,
-                       momentum=0.9, deterministic=True)
+                       momentum=0.9, deterministic=True, num_search_steps=2)
   single = trainer_lib.Trainer(config, str(tmp_path / 'single'), strategy, data=data8, log=QUIET)
   looped = trainer_lib.Trainer(config, str(tmp_path / 'loop'), strategy, data=data8, log=QUIET)
-  _warm_start([single, looped], data8, tmp_path)
+  _warm_start([single, looped], warm_weights)
   it_single, it_loop = iter(single.task.train_batches(0)), iter(looped.task.train_batches(0))
   outs = [single.task.train_step(it_single) for _ in range(5)]
   loop_out = looped.task.train_loop(it_loop, tf.constant(5, tf.int64))
@@ -59,7 +67,7 @@ def test_a_loop_of_n_steps_equals_n_single_steps(replicas, data8, tmp_path,
 def test_training_with_steps_per_loop_resumes_to_the_same_run(data8, tmp_path,
                                                              op_determinism):  # noqa: F811
   fields = dict(model='small_cnn', batch_size=16, train_steps=14, checkpoint_every=4,
-                log_every=3, deterministic=True)
+                log_every=3, deterministic=True, num_search_steps=2)
   reference = trainer_lib.Trainer(tiny_config(**fields), str(tmp_path / 'ref'), data=data8,
                                   log=QUIET)
   reference.train()
@@ -79,7 +87,8 @@ def test_training_with_steps_per_loop_resumes_to_the_same_run(data8, tmp_path,
 
 def test_a_non_finite_loss_inside_a_loop_names_the_step_and_the_loop(data8, tmp_path):
   trainer = trainer_lib.Trainer(tiny_config(model='small_cnn', batch_size=16, train_steps=20,
-                                            checkpoint_every=4, log_every=4, steps_per_loop=4),
+                                            checkpoint_every=4, log_every=4, steps_per_loop=4,
+                                            num_search_steps=2),
                                 str(tmp_path), data=data8, log=QUIET)
   objective = trainer.task.objective
 
@@ -156,7 +165,7 @@ def test_a_mixed_precision_mma_run_is_finite_resumes_its_loss_scale_and_exports_
   monkeypatch.setattr(precision, 'has_native_bfloat16', lambda: False)
   messages = []
   config = tiny_config(model='small_cnn', batch_size=16, train_steps=2, checkpoint_every=2,
-                       mixed_precision=policy)
+                       mixed_precision=policy, num_search_steps=2)
   trainer = trainer_lib.Trainer(config, str(tmp_path), data=data8, log=messages.append)
   assert trainer.task.model.layers[0].compute_dtype == policy.split('_')[1]
   assert (policy == 'mixed_bfloat16') == any('without avx512_bf16' in m for m in messages)
@@ -179,14 +188,17 @@ def test_a_mixed_precision_mma_run_is_finite_resumes_its_loss_scale_and_exports_
 
 
 # ------------------------------------------------------------------------------ XLA
-@pytest.mark.parametrize('replicas', [1, 2])
-def test_the_xla_step_equals_the_default_step(replicas, data8, tmp_path, two_cpu_strategy):
+# Two replicas: XLA compiles the whole step for each (CI runs it: --runslow).
+@pytest.mark.parametrize('replicas', [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_the_xla_step_equals_the_default_step(replicas, data8, tmp_path, warm_weights,
+                                              two_cpu_strategy):
   strategy = two_cpu_strategy if replicas == 2 else None
   trainers = [trainer_lib.Trainer(tiny_config(model='small_cnn', batch_size=16, optimizer='sgd',
-                                              learning_rate=0.05, momentum=0.9, jit_compile=jit),
+                                              learning_rate=0.05, momentum=0.9, jit_compile=jit,
+                                              num_search_steps=2),
                                   str(tmp_path / str(jit)), strategy, data=data8, log=QUIET)
               for jit in (False, True)]
-  _warm_start(trainers, data8, tmp_path)
+  _warm_start(trainers, warm_weights)
   for t in trainers:
     t.task.train_loop(iter(t.task.train_batches(0)), tf.constant(2, tf.int64))
   for a, b in zip(*map(_state, trainers)):

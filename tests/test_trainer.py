@@ -7,8 +7,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
 
 import keras
 
@@ -16,14 +14,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import in_process
 from helpers import tiny_config, tiny_data
 from mma_tf import export as export_lib
 from mma_tf import models
 from mma_tf import trainer as trainer_lib
 from tensorflow.python.framework import config as tf_config  # TF has no public disable
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 @pytest.fixture(scope='module')
@@ -97,8 +93,10 @@ def test_resume_equals_uninterrupted(data, tmp_path, op_determinism):
   # A schedule that wrecks the model after step 12 (25 steps per epoch): the stopped run's
   # validation at step 12 beats every later one, and must still not become the resumed run's
   # best (an uninterrupted run never validates there). Resuming also crosses the rate change.
+  # 2 AN-PGD search steps (not 10): each adds to every trace, and what this test checks does not
+  # depend on the search's resolution.
   loop = dict(checkpoint_every=7, deterministic=True, learning_rate=None, lr_boundaries=(12,),
-              lr_values=(1e-2, 1.0))
+              lr_values=(1e-2, 1.0), num_search_steps=2)
   config = tiny_config(train_steps=30, **loop)
   full_dir, part_dir = str(tmp_path / 'full'), str(tmp_path / 'part')
   full = trainer_lib.Trainer(config, full_dir, data=data, log=lambda m: None)
@@ -241,19 +239,20 @@ def test_other_configuration_in_the_same_dir_is_refused(data, tmp_path):
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_is_kept(data, tmp_path):
-  trainer_lib.Trainer(tiny_config(train_steps=10), str(tmp_path), data=data,
+  trainer_lib.Trainer(tiny_config(train_steps=10, num_search_steps=2), str(tmp_path), data=data,
                       log=lambda m: None).train()
   index = tf.train.latest_checkpoint(str(tmp_path / 'ckpt')) + '.index'
   with open(index, 'wb') as f:
     f.write(b'not a checkpoint')
   with pytest.raises(ValueError, match='cannot be restored'):
-    trainer_lib.Trainer(tiny_config(train_steps=20), str(tmp_path), data=data).train()
+    trainer_lib.Trainer(tiny_config(train_steps=20, num_search_steps=2), str(tmp_path),
+                        data=data).train()
   assert open(index, 'rb').read() == b'not a checkpoint'  # nothing deleted or overwritten
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data, tmp_path):
-  trainer = trainer_lib.Trainer(tiny_config(train_steps=20, checkpoint_every=2), str(tmp_path),
-                                data=data, log=lambda m: None)
+  config = tiny_config(train_steps=20, checkpoint_every=2, num_search_steps=2)
+  trainer = trainer_lib.Trainer(config, str(tmp_path), data=data, log=lambda m: None)
   objective = trainer.task.objective
 
   class Poisoned(type(objective)):
@@ -266,8 +265,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   trainer.task.objective = Poisoned(objective.config)
   with pytest.raises(trainer_lib.NonFiniteLossError, match='at step 5.*ckpt-4'):
     trainer.train()
-  fresh = trainer_lib.Trainer(tiny_config(train_steps=20, checkpoint_every=2), str(tmp_path),
-                              data=data, log=lambda m: None)
+  fresh = trainer_lib.Trainer(config, str(tmp_path), data=data, log=lambda m: None)
   assert fresh.restore() == 4
   assert all(np.all(np.isfinite(w)) for w in _weights(fresh))
 
@@ -286,10 +284,10 @@ def test_config_rejects_batch_not_divisible_by_replicas():
     (['--objective=omma', '--clean_loss_coeff=0.5'], 'OMMA is MMA without the clean loss'),
 ])
 def test_train_script_rejects_bad_flags_clearly(flags, message, tmp_path):
-  args = [sys.executable, os.path.join(ROOT, 'bin', 'train.py'), '--train_steps=1']
+  args = ['--train_steps=1']
   if not any(f.startswith('--model_dir') for f in flags):
     args.append(f'--model_dir={tmp_path / "run"}')
-  result = subprocess.run(args + flags, capture_output=True, text=True, timeout=120)
+  result = in_process.run_main('mma_tf.cli.train', args + flags)
   assert result.returncode != 0
   assert message in result.stderr + result.stdout
   assert 'Traceback' not in result.stderr

@@ -3,7 +3,7 @@ the model contract's refusals, every data source (arrays, npz, tf.data, TFDS by 
 index contract, and TRADES through the same loop."""
 import json
 import os
-import subprocess
+import shutil
 import sys
 
 import keras
@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+import in_process
 import user_nets
 from helpers import LinearProblem, tiny_data
 from mma_tf import configs
@@ -23,7 +24,6 @@ from mma_tf.attacks import example_seeds
 
 QUIET = lambda m: None
 TESTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS)
 SMALL = dict(batch_size=16, nb_iter=2, num_search_steps=3, eval_batch_size=40, train_steps=4,
              log_every=2, checkpoint_every=2, learning_rate=1e-3, test_eps_iter=0.1)
 
@@ -286,24 +286,26 @@ def test_any_tfds_dataset_by_name_streams_through_mock_data(tmp_path):
   assert summary['step'] == 2
 
 
-def test_cli_trains_a_user_factory_on_npz_data_and_evaluates_the_export(tmp_path):
+def test_cli_trains_a_user_factory_on_npz_data_and_evaluates_the_export(tmp_path, monkeypatch):
   x, y, xt, yt = _digit_arrays()
   archive = tmp_path / 'digits.npz'
   np.savez(archive, x_train=x, y_train=y, x_test=xt, y_test=yt)
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  train = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'bin', 'train.py'), '--model=user_nets:functional',
-       f'--dataset=npz:{archive}', '--num_validation=20', '--train_steps=2', '--batch_size=16',
-       '--nb_iter=1', '--num_search_steps=2', '--eval_batch_size=20', '--hinge_maxeps=0.45',
-       '--test_eps=0.3', '--test_eps_iter=0.1', f'--model_dir={tmp_path / "run"}'],
-      cwd=TESTS, capture_output=True, text=True, timeout=600, env=env)  # user_nets is in cwd
+  # Both CLIs run in this process (tests/ is on its sys.path), so the factory's module is a copy
+  # that only the working directory holds, as a user's would be.
+  shutil.copy(os.path.join(TESTS, 'user_nets.py'), tmp_path / 'user_nets_in_cwd.py')
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(sys, 'path', list(sys.path))  # the CLI adds the working directory
+  train = in_process.run_main('mma_tf.cli.train', [
+      '--model=user_nets_in_cwd:functional',
+      f'--dataset=npz:{archive}', '--num_validation=20', '--train_steps=2', '--batch_size=16',
+      '--nb_iter=1', '--num_search_steps=2', '--eval_batch_size=20', '--hinge_maxeps=0.45',
+      '--test_eps=0.3', '--test_eps_iter=0.1', f'--model_dir={tmp_path / "run"}'])
   assert train.returncode == 0, train.stderr
   assert 'Done: 2 steps' in train.stdout
-  evaluate = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'bin', 'evaluate.py'),
-       f'--saved_model={tmp_path / "run" / "export"}', f'--dataset=npz:{archive}', '--eps=0.1',
-       '--attacks=apgd-ce', '--apgd_nb_iter=3', '--margins=', '--num_examples=10',
-       f'--output_dir={tmp_path / "eval"}'], capture_output=True, text=True, timeout=600, env=env)
+  evaluate = in_process.run_main('mma_tf.cli.evaluate', [
+      f'--saved_model={tmp_path / "run" / "export"}', f'--dataset=npz:{archive}', '--eps=0.1',
+      '--attacks=apgd-ce', '--apgd_nb_iter=3', '--margins=', '--num_examples=10',
+      f'--output_dir={tmp_path / "eval"}'])
   assert evaluate.returncode == 0, evaluate.stderr
   with open(tmp_path / 'eval' / 'results.json') as f:
     assert json.load(f)['num_examples'] == 10
