@@ -5,16 +5,20 @@
 - 'paper': the MMA paper's whitebox protocol (docs/paper_notes.md 5.2): per eps, 10 PGD runs of
   100 iterations from random starts, half cross-entropy and half CW, step eps/40 for MNIST Linf and
   eps/4 otherwise; optional transfer attacks from a source model.
-- 'all': both, from the same clean points; the report gives each and their worst case.
+- 'fast': AutoAttack's verdict for a fraction of its cost, not standard AutoAttack (`fast.py`).
+- 'all': all three, from the same clean points; the report gives each and their worst case. A
+  comma-separated list (e.g. 'autoattack,fast') runs the ones named.
 """
 import dataclasses
 import math
 
 from mma_tf.attacks.registry import get_attack
+from mma_tf.evaluation.fast import FAST
 
 AUTOATTACK = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
 PAPER = ('pgd',)
-PROTOCOLS = ('autoattack', 'paper', 'all')
+PROTOCOL_ATTACKS = {'autoattack': AUTOATTACK, 'paper': PAPER, 'fast': FAST}
+PROTOCOLS = ('autoattack', 'paper', 'fast', 'all')
 MARGIN_ESTIMATES = ('anpgd', 'pgd_bisection', 'fab')
 
 # The paper's eps lists (docs/paper_notes.md 5.3); the embedded digits use MNIST's.
@@ -42,7 +46,7 @@ def default_rel_step(dataset, norm):
 class EvalConfig:
   norm: str = 'Linf'
   eps: tuple = (0.1, 0.2, 0.3, 0.4)
-  protocol: str = 'autoattack'
+  protocol: str = 'autoattack'  # one of PROTOCOLS, or a comma-separated list ('autoattack,fast')
   attacks: tuple = None          # a chosen subset, run in this order (overrides the protocol)
   # The paper protocol.
   nb_iter: int = 100
@@ -53,6 +57,9 @@ class EvalConfig:
   fab_nb_iter: int = 100
   n_target_classes: int = 9
   square_queries: int = 5000
+  # The fast protocol's budgets (fast.py; not standard AutoAttack).
+  fast_n_target_classes: int = 2  # per ranking: MALT's nearest at x and at the probe point
+  fast_square_queries: int = 1000
   # Margins and the rest.
   margin_estimates: tuple = ('anpgd', 'pgd_bisection', 'fab')
   margin_maxeps: float = None    # default: 1.5 x the largest eps
@@ -65,8 +72,7 @@ class EvalConfig:
   def validate(self, image_shape):
     if self.norm not in ('Linf', 'L2'):
       raise ValueError(f"Unknown norm {self.norm!r}; choose 'Linf' or 'L2'.")
-    if self.protocol not in PROTOCOLS:
-      raise ValueError(f'Unknown protocol {self.protocol!r}; choose from {", ".join(PROTOCOLS)}.')
+    self.protocol_names()  # unknown names fail here
     if not self.eps:
       raise ValueError('Give at least one eps.')
     limit = 1.0 if self.norm == 'Linf' else math.sqrt(math.prod(image_shape))
@@ -76,7 +82,8 @@ class EvalConfig:
                          f'{self.norm} on {tuple(image_shape)} images in [0, 1]. Radii are '
                          'fractions of the [0, 1] range (write 8/255, not 8).')
     for name in ('nb_iter', 'nb_restart', 'batch_size', 'margin_nb_iter', 'search_steps',
-                 'apgd_nb_iter', 'fab_nb_iter', 'n_target_classes', 'square_queries'):
+                 'apgd_nb_iter', 'fab_nb_iter', 'n_target_classes', 'square_queries',
+                 'fast_n_target_classes', 'fast_square_queries'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be >= 1; got {getattr(self, name)}.')
     if not self.rel_step > 0:
@@ -91,26 +98,45 @@ class EvalConfig:
   def maxeps(self):
     return self.margin_maxeps or 1.5 * max(self.eps)
 
-  def attack_params(self, name):
-    """This config's hyperparameters for the attack called `name` (others keep defaults)."""
+  def attack_params(self, name, protocol=None):
+    """This config's hyperparameters for the attack called `name` in `protocol` (others keep
+    defaults). The fast protocol's Square starts with fast_square_queries (fast.py)."""
+    if protocol == 'fast' and name == 'square':
+      return dict(n_queries=self.fast_square_queries)
     return {
         'pgd': dict(nb_iter=self.nb_iter, nb_restart=self.nb_restart, rel_step=self.rel_step),
         'apgd-ce': dict(nb_iter=self.apgd_nb_iter),
         'apgd-dlr': dict(nb_iter=self.apgd_nb_iter),
         'apgd-t': dict(nb_iter=self.apgd_nb_iter, n_target_classes=self.n_target_classes),
+        'apgd-t-malt': dict(nb_iter=self.apgd_nb_iter, n_target_classes=self.fast_n_target_classes),
         'fab-t': dict(nb_iter=self.fab_nb_iter, n_target_classes=self.n_target_classes),
+        'fab-t-malt': dict(nb_iter=self.fab_nb_iter, n_target_classes=self.fast_n_target_classes),
         'square': dict(n_queries=self.square_queries),
     }.get(name, {})
+
+  def protocol_names(self):
+    """The protocols to run, in order: 'all' is every one; a comma-separated list names some."""
+    if not isinstance(self.protocol, str):
+      raise ValueError(f"protocol must be a string, e.g. 'autoattack' or 'autoattack,fast'; got "
+                       f'{self.protocol!r}.')
+    if self.protocol == 'all':
+      return list(PROTOCOL_ATTACKS)
+    names = [p.strip() for p in self.protocol.split(',')]
+    for p in names:
+      if p not in PROTOCOL_ATTACKS:
+        raise ValueError(f'Unknown protocol {p!r}; choose from {", ".join(PROTOCOLS)} or a '
+                         "comma-separated list of the first three (e.g. 'autoattack,fast').")
+    if len(set(names)) < len(names):
+      raise ValueError(f'Protocol {self.protocol!r} names one twice.')
+    return names
 
   def protocol_attacks(self):
     """{protocol name: [Attack, ...]} in the order they run."""
     if self.attacks:
       names = {'custom': tuple(self.attacks)}
-    elif self.protocol == 'all':
-      names = {'autoattack': AUTOATTACK, 'paper': PAPER}
     else:
-      names = {self.protocol: AUTOATTACK if self.protocol == 'autoattack' else PAPER}
-    return {p: [get_attack(a, self.norm, **self.attack_params(a)) for a in attack_names]
+      names = {p: PROTOCOL_ATTACKS[p] for p in self.protocol_names()}
+    return {p: [get_attack(a, self.norm, **self.attack_params(a, p)) for a in attack_names]
             for p, attack_names in names.items()}
 
   def is_standard_autoattack(self):
