@@ -1,11 +1,15 @@
-"""The standard AutoAttack ensemble on a LeNet5Madry SavedModel: time and model passes per attack.
+"""AutoAttack's standard ensemble, and the fast protocol, on a SavedModel: time and model passes
+per attack, and fast's verdict against AutoAttack's on the same points.
 
   python bench/bench_autoattack.py --saved_model=runs/study-Linf/mma-seed0/export
+  python bench/bench_autoattack.py --saved_model=DIR --norm=L2 --eps=2 --protocols=autoattack,fast
 
-The four attacks run twice, in order, each on the points the earlier ones left robust; the first
-run traces every function, the second reuses them (as evaluate() does for the same model and
-config). Counters in the graph record the forward and forward+backward passes each attack really
-made, per batch size, and the script reports
+Each protocol's attacks run twice, in order, each on the points the earlier ones left robust; the
+first run traces every function, the second reuses them (as evaluate() does for the same model and
+config). With both protocols, the last lines compare them: robust accuracy, attack seconds of the
+timed runs and the points on which the verdicts differ (fast's goal: none it leaves robust that
+AutoAttack breaks). Counters in the graph record the forward and forward+backward passes each
+attack really made, per batch size, and the script reports
   efficiency = sum over batch sizes b of (fwd_b x t_fwd(b) + fwd_bwd_b x t_fwd_bwd(b)) / attack time
 with t_fwd(b) and t_fwd_bwd(b) the mean time of one pass of the loaded model on a batch of b,
 called alone. This shared machine's speed swings by 15% or more from one second to the next (the
@@ -34,13 +38,19 @@ import tensorflow as tf  # noqa: E402
 from mma_tf import data as data_lib  # noqa: E402
 from mma_tf import evaluation, export, losses  # noqa: E402
 from mma_tf.attacks import input_gradient  # noqa: E402
+from mma_tf.evaluation import fast, sanity  # noqa: E402
 from mma_tf.evaluation.runner import run_attacks  # noqa: E402
 from mma_tf.models import lenet5_madry  # noqa: E402
 
-flags.DEFINE_string('saved_model', None, 'An MNIST SavedModel (default: untrained LeNet5Madry).')
-flags.DEFINE_integer('num_examples', 200, 'First N embedded test digits.')
+flags.DEFINE_string('saved_model', None, 'A SavedModel (default: untrained LeNet5Madry).')
+flags.DEFINE_string('dataset', 'mnist_5k', 'Test data, as mma-evaluate --dataset.')
+flags.DEFINE_integer('num_examples', 200, 'First N test examples.')
 flags.DEFINE_integer('batch_size', 100, 'Batch size.')
-flags.DEFINE_float('eps', 0.3, 'Linf radius.')
+flags.DEFINE_enum('norm', 'Linf', ['Linf', 'L2'], 'Threat model.')
+flags.DEFINE_float('eps', 0.3, 'Radius.')
+flags.DEFINE_string('protocols', 'autoattack', "Protocols to run, e.g. 'autoattack,fast'.")
+flags.DEFINE_integer('fast_n_target_classes', 2, 'The fast protocol: MALT targets per ranking.')
+flags.DEFINE_integer('fast_square_queries', 1000, "The fast protocol: Square's short budget.")
 FLAGS = flags.FLAGS
 
 
@@ -109,7 +119,7 @@ def main(_):
     export.export_saved_model(lenet5_madry(), path)
   predict, _ = export.load_classifier(path)
   n, bs = FLAGS.num_examples, FLAGS.batch_size
-  x, y, _ = data_lib.load('mnist_5k').eval_split('test', limit=n)  # float32 in [0, 1]
+  x, y, _ = data_lib.load(FLAGS.dataset).eval_split('test', limit=n)  # float32 in [0, 1]
 
   forward = tf.function(predict)
   forward_backward = tf.function(lambda x, y: input_gradient(predict, losses.cross_entropy, x, y))
@@ -122,8 +132,11 @@ def main(_):
       forward(batches[b][0]), forward_backward(*batches[b])  # trace outside any timing
     return {'fwd': (forward, batches[b][:1]), 'fwd+bwd': (forward_backward, batches[b])}
 
-  config = evaluation.EvalConfig(norm='Linf', eps=(FLAGS.eps,), protocol='autoattack',
-                                 margin_estimates=(), batch_size=bs)
+  config = evaluation.EvalConfig(norm=FLAGS.norm, eps=(FLAGS.eps,), protocol=FLAGS.protocols,
+                                 margin_estimates=(), batch_size=bs,
+                                 fast_n_target_classes=FLAGS.fast_n_target_classes,
+                                 fast_square_queries=FLAGS.fast_square_queries)
+  signs = fast.masking_signs(sanity.model_checks(predict, x[:bs], y[:bs]))
   counts = {k: tf.Variable(tf.zeros([bs + 1], tf.int64)) for k in ('fwd', 'bwd')}
   counted = _counting(predict, counts)
   clean_logits = predict(tf.constant(x))
@@ -131,56 +144,82 @@ def main(_):
   runner = _SamplingRunner(bs, passes_alone)
   index = np.arange(n, dtype=np.int32)
 
-  def ensemble():
+  def ensemble(protocol, attacks):
     """The attacks alone (no clean pass, noise or sanity checks), in order, each on the points
-    the earlier ones left robust: per attack, passes per batch size, seconds, robust accuracy
-    and (while runner.sample is on) the mean seconds of one pass alone per kind and batch size."""
+    the earlier ones left robust (the fast protocol's Square with its budget rule): per attack,
+    passes per batch size, seconds, robust accuracy and (while runner.sample is on) the mean
+    seconds of one pass alone per kind and batch size; and the final robust set."""
     robust, passes, seconds, acc, alone = start_robust, {}, {}, {}, {}
-    for attack in config.protocol_attacks()['autoattack']:
+    for attack in attacks:
       for v in counts.values():
         v.assign(tf.zeros_like(v))
       runner.pass_seconds.clear()
       runner.sampling_seconds = 0.0
-      out = run_attacks(runner, counted, [attack], x, y, index, FLAGS.eps, robust, config.seed,
-                        clean_logits.shape[-1])
+      args = (runner, counted, [attack], x, y, index, FLAGS.eps, robust, config.seed,
+              clean_logits.shape[-1])
+      if protocol == 'fast' and attack.name == 'square':
+        out = fast.run_fast(*args, full_queries=config.square_queries, signs=signs)
+        squares[protocol] = (out['square_queries'], out['square_reason'])
+      else:
+        out = run_attacks(*args)
       robust = out['robust']
       passes[attack.name] = (counts['fwd'].numpy(), counts['bwd'].numpy())
       seconds[attack.name] = out['seconds'][0] - runner.sampling_seconds
       acc[attack.name] = out['acc_after'][0]
       alone[attack.name] = {k: np.mean(v) for k, v in runner.pass_seconds.items()}
-    return passes, seconds, acc, alone
+    return passes, seconds, acc, alone, robust
 
   # The first run traces every function; the second meets the same points and bucket sizes and
   # reuses them, as evaluate() does for the same model and config. The counters cost one
   # scatter-add per pass (microseconds against milliseconds), so both runs are counted.
-  passes, first_seconds, _, _ = ensemble()
-  runner.sample = True
-  passes_again, seconds, acc, alone = ensemble()
-  for name in passes:
-    if any((a != b).any() for a, b in zip(passes[name], passes_again[name])):
-      raise SystemExit(f'{name} made different passes in its two runs: not deterministic?')
+  squares, tables, robust_sets = {}, {}, {}
+  for protocol, attacks in config.protocol_attacks().items():
+    runner.sample = False
+    passes, first_seconds, _, _, _ = ensemble(protocol, attacks)
+    runner.sample = True
+    passes_again, seconds, acc, alone, robust_sets[protocol] = ensemble(protocol, attacks)
+    for name in passes:
+      if any((a != b).any() for a, b in zip(passes[name], passes_again[name])):
+        raise SystemExit(f'{name} made different passes in its two runs: not deterministic?')
+    tables[protocol] = (attacks, passes, first_seconds, seconds, acc, alone)
   cpu = subprocess.run(['bash', '-c', "lscpu | grep 'Model name' | cut -d: -f2"],
                        capture_output=True, text=True).stdout.strip() or platform.processor()
   flags_line = subprocess.run(['bash', '-c', 'grep -o -w -E "avx2|avx512f|avx512_bf16|amx_bf16" '
                                '/proc/cpuinfo | sort -u | tr "\\n" " "'],
                               capture_output=True, text=True).stdout.strip()
   print(f'CPU: {cpu} ({flags_line}); {os.cpu_count()} cores; TF {tf.__version__}')
-  print(f'{path}: {n} MNIST test digits, Linf eps {FLAGS.eps:g}, batch {bs}; clean accuracy '
-        f'{start_robust.mean():.4f}')
-  print('| attack | robust acc after | seconds (traced) | seconds (first call) | '
-        'forward passes | fwd+bwd passes | one pass alone, mean ms: fwd / fwd+bwd | efficiency |')
-  print('|---|---|---|---|---|---|---|---|')
-  for name in evaluation.AUTOATTACK:
-    (fwd, bwd), t = passes[name], alone[name]
-    sizes = sorted({b for _, b in t})
-    # Every backward pass comes with its forward: count those as fwd+bwd, the rest as forwards.
-    ideal = sum((fwd[b] - bwd[b]) * t['fwd', b] + bwd[b] * t['fwd+bwd', b] for b in sizes)
-    ms = ', '.join(f"b={b}: {t['fwd', b] * 1e3:.1f} / {t['fwd+bwd', b] * 1e3:.1f}" for b in sizes)
-    print(f'| {name} | {acc[name]:.4f} | {seconds[name]:.2f} | {first_seconds[name]:.2f} | '
-          f'{int((fwd - bwd).sum()):,} | {int(bwd.sum()):,} | {ms} | '
-          f'{ideal / max(seconds[name], 1e-9):.2f} |')
-  print(f'all four attacks: {sum(seconds.values()):.1f} s traced, '
-        f'{sum(first_seconds.values()):.1f} s on the first call (tracing included)')
+  print(f'{path}: {n} {FLAGS.dataset} test images, {FLAGS.norm} eps {FLAGS.eps:g}, batch {bs}; '
+        f'clean accuracy {start_robust.mean():.4f}')
+  total = {}
+  for protocol, (attacks, passes, first_seconds, seconds, acc, alone) in tables.items():
+    print(f'\n{protocol}' + (f' (not standard AutoAttack; Square: {squares[protocol][0]} queries'
+                              f'{", " + squares[protocol][1] if squares[protocol][1] else ""})'
+                              if protocol == 'fast' else ''))
+    print('| attack | robust acc after | seconds (traced) | seconds (first call) | forward passes '
+          '| fwd+bwd passes | one pass alone, mean ms: fwd / fwd+bwd | efficiency |')
+    print('|---|---|---|---|---|---|---|---|')
+    for attack in attacks:
+      name = attack.name
+      (fwd, bwd), t = passes[name], alone[name]
+      sizes = sorted({b for _, b in t})
+      # Every backward pass comes with its forward: count those as fwd+bwd, the rest as forwards.
+      ideal = sum((fwd[b] - bwd[b]) * t['fwd', b] + bwd[b] * t['fwd+bwd', b] for b in sizes)
+      ms = ', '.join(f"b={b}: {t['fwd', b] * 1e3:.1f} / {t['fwd+bwd', b] * 1e3:.1f}"
+                     for b in sizes)
+      print(f'| {name} | {acc[name]:.4f} | {seconds[name]:.2f} | {first_seconds[name]:.2f} | '
+            f'{int((fwd - bwd).sum()):,} | {int(bwd.sum()):,} | {ms} | '
+            f'{ideal / max(seconds[name], 1e-9):.2f} |')
+    total[protocol] = sum(seconds.values())
+    print(f'{protocol}, all attacks: {total[protocol]:.1f} s traced, '
+          f'{sum(first_seconds.values()):.1f} s on the first call (tracing included)')
+  if {'autoattack', 'fast'} <= set(robust_sets):
+    aa, f = robust_sets['autoattack'], robust_sets['fast']
+    diff = fast.compare(aa[None], f[None], ['eps'])['eps']
+    print(f'\nfast vs AutoAttack on the same {n} points: robust accuracy {f.mean():.4f} vs '
+          f'{aa.mean():.4f}; attack seconds {total["fast"]:.1f} vs {total["autoattack"]:.1f} '
+          f'({total["fast"] / max(total["autoattack"], 1e-9):.3f} of AutoAttack\'s); robust under '
+          f'fast but broken by AutoAttack: {diff["broken_only_by_autoattack"] or "none"}; broken '
+          f'only by fast: {diff["broken_only_by_fast"] or "none"}')
 
 
 if __name__ == '__main__':

@@ -49,6 +49,57 @@ class LinearProblem:
     return np.argmax(self.predict(tf.convert_to_tensor(x)).numpy(), 1) == self.y
 
 
+def dual_norm(v, norm):
+  return np.abs(v).sum(0) if norm == 'Linf' else np.linalg.norm(v, axis=0)
+
+
+class MulticlassAffine:
+  """Logits W x + b, every class a competitor: margin = min_j (z_y - z_j) / ||w_y - w_j||_dual.
+
+  Examples are kept only if the step to the nearest boundary, extended by 10%, stays in the box.
+  """
+
+  def __init__(self, norm, num_classes=10, batch=12, seed=1):
+    rng = np.random.RandomState(seed)
+    self.w = rng.randn(DIM, num_classes).astype(np.float32) * 0.5
+    self.b = (rng.randn(num_classes) * 0.3).astype(np.float32)
+    xs, ys, margins, nearest = [], [], [], []
+    while len(xs) < batch:
+      x = rng.uniform(0.3, 0.7, DIM).astype(np.float32)
+      z = x @ self.w + self.b
+      y = int(np.argmax(z))
+      diffs = self.w - self.w[:, [y]]
+      with np.errstate(divide='ignore', invalid='ignore'):
+        m = np.where(np.arange(num_classes) == y, np.inf, (z[y] - z) / dual_norm(diffs, norm))
+      j = int(np.argmin(m))
+      d = diffs[:, j]
+      direction = np.sign(d) if norm == 'Linf' else d / np.linalg.norm(d)
+      x_far = x + 1.1 * m[j] * direction
+      if 0.01 < m[j] < 0.3 and x_far.min() > 0 and x_far.max() < 1:
+        xs.append(x), ys.append(y), margins.append(m[j]), nearest.append(j)
+    self.x = np.stack(xs).reshape((batch,) + IMAGE_SHAPE)
+    self.y = np.array(ys, np.int32)
+    self.margin = np.array(margins, np.float32)
+    self.nearest = np.array(nearest, np.int32)  # the class across the nearest boundary
+    z = self.x.reshape(batch, -1) @ self.w + self.b
+    rank_of_nearest = (z > z[np.arange(batch), nearest][:, None]).sum(1) + 1
+    self.nearest_is_runner_up = rank_of_nearest == 2
+
+  def predict(self, x):
+    return tf.matmul(tf.reshape(x, [tf.shape(x)[0], -1]), self.w) + self.b
+
+  def is_correct(self, x):
+    return np.argmax(self.predict(tf.convert_to_tensor(x)).numpy(), 1) == self.y
+
+
+def radii_between(margins, count=3):
+  """Up to `count` radii, each halfway between two consecutive distinct margins: the points a
+  radius splits into breakable and robust are then known exactly."""
+  m = np.sort(margins)
+  gaps = [float((a + b) / 2) for a, b in zip(m[:-1], m[1:]) if b > a * 1.04]
+  return tuple(gaps[::max(len(gaps) // count, 1)][:count])
+
+
 def small_cnn_predict(num_classes=10, seed=0, input_shape=(8, 8, 1)):
   """A deterministic tiny nonlinear model (conv + tanh + dense) for invariance tests."""
   import keras

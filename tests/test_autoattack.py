@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import LinearProblem, NoisyLinearProblem, small_cnn_predict
+from helpers import LinearProblem, NoisyLinearProblem, radii_between, small_cnn_predict
 from mma_tf import evaluation
 from mma_tf.attacks.registry import ATTACKS, Attack, register
 
@@ -16,16 +16,10 @@ QUICK = dict(apgd_nb_iter=20, fab_nb_iter=20, n_target_classes=3, square_queries
              margin_estimates=())
 
 
-def _between_margins(margins, count=3):
-  m = np.sort(margins)
-  gaps = [float((a + b) / 2) for a, b in zip(m[:-1], m[1:]) if b > a * 1.04]
-  return tuple(gaps[::max(len(gaps) // count, 1)][:count])
-
-
 @pytest.mark.parametrize('norm', ['Linf', 'L2'])
 def test_ensemble_matches_the_analytic_curve_of_a_linear_model(norm):
   p = LinearProblem(norm, 10, batch=16, max_margin=0.3 if norm == 'Linf' else 0.8)
-  eps = _between_margins(p.margin)
+  eps = radii_between(p.margin)
   config = evaluation.EvalConfig(norm=norm, eps=eps, batch_size=16, **QUICK)
   results, per_example = evaluation.evaluate(p.predict, p.x, p.y, config)
   aa = results['protocols']['autoattack']

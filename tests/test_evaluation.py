@@ -230,6 +230,7 @@ def test_cli_evaluates_a_plain_keras_export(keras_export, tmp_path):
     (['--eps=0'], 'outside (0, 1]'),
     (['--eps=8/0'], "'8/0' is not a number or a fraction"),
     (['--attacks=apgd-ce,cw'], "Unknown attack 'cw'"),
+    (['--protocol=autoattack,quick'], "Unknown protocol 'quick'"),
     (['--norm=L2', '--eps=40'], 'outside (0, 28]'),
     (['--dataset=cifar10'], 'takes images of shape (28, 28, 1)'),
     (['--num_examples=0'], '--num_examples must be >= 1'),

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import DIM, IMAGE_SHAPE, LinearProblem, small_cnn_predict
+from helpers import DIM, IMAGE_SHAPE, LinearProblem, MulticlassAffine, dual_norm, small_cnn_predict
 from mma_tf import norms
 from mma_tf.attacks.fab import fab, fab_targeted, project_onto_hyperplane_in_box
 
@@ -25,48 +25,6 @@ def affine_ratio(nb_iter, alpha_max=0.1, eta=1.05, beta=0.9):
       best = min(best, s)
       s *= beta
   return best
-
-
-def dual_norm(v, norm):
-  return np.abs(v).sum(0) if norm == 'Linf' else np.linalg.norm(v, axis=0)
-
-
-class MulticlassAffine:
-  """Logits W x + b, every class a competitor: margin = min_j (z_y - z_j) / ||w_y - w_j||_dual.
-
-  Examples are kept only if the step to the nearest boundary, extended by 10%, stays in the box.
-  """
-
-  def __init__(self, norm, num_classes=10, batch=12, seed=1):
-    rng = np.random.RandomState(seed)
-    self.w = rng.randn(DIM, num_classes).astype(np.float32) * 0.5
-    self.b = (rng.randn(num_classes) * 0.3).astype(np.float32)
-    xs, ys, margins, nearest = [], [], [], []
-    while len(xs) < batch:
-      x = rng.uniform(0.3, 0.7, DIM).astype(np.float32)
-      z = x @ self.w + self.b
-      y = int(np.argmax(z))
-      diffs = self.w - self.w[:, [y]]
-      with np.errstate(divide='ignore', invalid='ignore'):
-        m = np.where(np.arange(num_classes) == y, np.inf, (z[y] - z) / dual_norm(diffs, norm))
-      j = int(np.argmin(m))
-      d = diffs[:, j]
-      direction = np.sign(d) if norm == 'Linf' else d / np.linalg.norm(d)
-      x_far = x + 1.1 * m[j] * direction
-      if 0.01 < m[j] < 0.3 and x_far.min() > 0 and x_far.max() < 1:
-        xs.append(x), ys.append(y), margins.append(m[j]), nearest.append(j)
-    self.x = np.stack(xs).reshape((batch,) + IMAGE_SHAPE)
-    self.y = np.array(ys, np.int32)
-    self.margin = np.array(margins, np.float32)
-    z = self.x.reshape(batch, -1) @ self.w + self.b
-    rank_of_nearest = (z > z[np.arange(batch), nearest][:, None]).sum(1) + 1
-    self.nearest_is_runner_up = rank_of_nearest == 2
-
-  def predict(self, x):
-    return tf.matmul(tf.reshape(x, [tf.shape(x)[0], -1]), self.w) + self.b
-
-  def is_correct(self, x):
-    return np.argmax(self.predict(tf.convert_to_tensor(x)).numpy(), 1) == self.y
 
 
 def assert_contract(predict, x, y, eps, x_adv, success, min_norm, norm):

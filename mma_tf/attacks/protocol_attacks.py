@@ -1,4 +1,5 @@
-"""Registry entries for the built-in attacks: AutoAttack's four and the MMA paper's PGD restarts.
+"""Registry entries for the built-in attacks: AutoAttack's four, the fast protocol's MALT-targeted
+APGD-T and the MMA paper's PGD restarts.
 
 Each entry only maps (stage -> call of the attack function); the algorithms live in their own
 modules (`apgd.py`, `fab.py`, `square.py`, `pgd.py`).
@@ -9,6 +10,7 @@ import tensorflow as tf
 
 from mma_tf.attacks.apgd import apgd
 from mma_tf.attacks.fab import fab
+from mma_tf.attacks.malt import logit_order, malt_order, probe
 from mma_tf.attacks.pgd import pgd
 from mma_tf.attacks.square import square
 from mma_tf.attacks.registry import Attack, register
@@ -136,6 +138,37 @@ class APGDT(Attack):
   def run_stage(self, predict, x, y, eps, seeds, stage):
     return apgd(predict, x, y, eps, norm=self.norm, loss=self.loss, nb_iter=self.nb_iter,
                 target_rank=stage + 2, seed=seeds)
+
+
+@register('apgd-t-malt')
+@dataclasses.dataclass
+class APGDTMalt(APGDT):
+  """AutoAttack's APGD-T runs toward only the classes MALT ranks nearest (`malt.py`): the
+  n_target_classes nearest seen from x and the n_target_classes nearest seen from a short probe
+  step toward the boundary (the estimate at x alone misses classes that open up further in,
+  docs/autoattack.md 6). Each run is AutoAttack's run for that class (the same stage and seeds),
+  so a point AutoAttack's APGD-T breaks through one of these classes is broken here too. The
+  fast protocol's targeted attack."""
+  nb_iter: int = 100
+  n_target_classes: int = 2
+  selects_stages = True
+
+  @property
+  def stream(self):
+    return 'apgd-t'  # AutoAttack's seeds
+
+  def num_stages(self, num_classes):
+    return num_classes - 1  # stage s: the class of logit rank s + 2, as in APGD-T
+
+  def select_stages(self, predict, x, y, eps, num_stages):
+    k = self.n_target_classes
+    at_probe = probe(predict, x, y, eps, self.norm)
+    nearest = tf.concat([malt_order(predict, x, y, self.norm)[:, :k],
+                         malt_order(predict, at_probe, y, self.norm)[:, :k]], axis=1)
+    # Stage of each class: its position among the clean logits, the label (rank 1) left out.
+    stage_of = tf.argsort(logit_order(predict(x), y), axis=1, stable=True)
+    stages = tf.gather(stage_of, nearest, batch_dims=1)
+    return tf.reduce_any(tf.one_hot(stages, num_stages, on_value=True, off_value=False), axis=1)
 
 
 @register('fab-t')

@@ -62,6 +62,13 @@ class Attack:
 
   # True when run_stage takes `stage` as a scalar int tensor (one trace for all stages).
   stage_is_tensor = False
+  # True when select_stages picks which stages run on which points.
+  selects_stages = False
+
+  def select_stages(self, predict, x, y, eps, num_stages):
+    """bool [B, num_stages]: stage s runs only on the points marked in column s. Evaluated once,
+    on the points still robust when the attack starts."""
+    raise NotImplementedError
 
   def run_stage(self, predict, x, y, eps, seeds, stage):
     raise NotImplementedError

@@ -2,8 +2,8 @@
 
 One package for training-time validation and `mma-evaluate`: one notion of "correct"
 (`common.is_correct`), one seed scheme (named streams keyed by dataset index), one padding rule.
-`evaluate` runs, per eps, the attacks of the chosen protocol (`protocols`: AutoAttack, its rand
-version, the MMA paper's PGD restarts, or both) on the points still robust (`runner`), the margin
+`evaluate` runs, per eps, the attacks of the chosen protocols (`protocols`: AutoAttack, its rand
+version, the MMA paper's PGD restarts, `fast`) on the points still robust (`runner`), the margin
 estimates (`margins`) and the sanity checks (`sanity`); `report` writes JSON, Markdown, NPZ and
 plots.
 """
@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from mma_tf.attacks import check_attack_inputs
 from mma_tf.attacks.protocol_attacks import Transfer
-from mma_tf.evaluation import margins, sanity
+from mma_tf.evaluation import fast, margins, sanity
 from mma_tf.evaluation.common import is_correct
 from mma_tf.evaluation.protocols import (AUTOATTACK, DEFAULT_EPS, PAPER, PROTOCOLS, RAND,
                                          EvalConfig, default_eps, default_rel_step,
@@ -140,10 +140,20 @@ def evaluate(predict, images, labels, config, source_predict=None, progress=None
                   for p, attacks in protocols.items()}
   noise = np.zeros((len(eps_list), n), bool)
   noise_fn = sanity.noise_fn(predict, config.norm, config.seed, max(config.nb_restart, 4))
+  # Before the attacks: the fast protocol gives Square its full budget when they flag masking.
+  checks = sanity.model_checks(predict, images[:config.batch_size], labels[:config.batch_size])
   for e_i, eps in enumerate(eps_list):
     for p, attacks in protocols.items():
-      out = run_attacks(runner, predict, attacks, images, labels, index, eps, clean, config.seed,
-                        num_classes, log)
+      plog = (lambda text, p=p: log(f'{p}: {text}')) if len(protocols) > 1 else log
+      if p == 'fast':
+        out = fast.run_fast(runner, predict, attacks, images, labels, index, eps, clean,
+                            config.seed, num_classes, config.square_queries,
+                            fast.masking_signs(checks), plog)
+        per_protocol[p].setdefault('square_queries', {})[keys[e_i]] = out['square_queries']
+        per_protocol[p].setdefault('square_reason', {})[keys[e_i]] = out['square_reason']
+      else:
+        out = run_attacks(runner, predict, attacks, images, labels, index, eps, clean,
+                          config.seed, num_classes, plog)
       r = per_protocol[p]
       r['robust'].append(out['robust'])
       r['broken_by'].append(out['broken_by'])
@@ -183,6 +193,14 @@ def evaluate(predict, images, labels, config, source_predict=None, progress=None
         'unconfirmed': r['unconfirmed'],
         'seconds': {a: round(s, 2) for a, s in r['seconds'].items()},
     }
+  if 'fast' in per_protocol:
+    r = per_protocol['fast']
+    results['protocols']['fast'].update(note=fast.describe(config),
+                                        square_queries=r['square_queries'],
+                                        square_reason=r['square_reason'])
+    if 'autoattack' in per_protocol:
+      results['protocols']['fast']['vs_autoattack'] = fast.compare(
+          np.stack(per_protocol['autoattack']['robust']), np.stack(r['robust']), keys)
   best = np.min(np.stack(list(margin_values.values())), axis=0) if margin_values else None
   censored = lambda m: float(np.mean(m[clean] >= config.maxeps * (1 - 1e-6))) if clean.any() \
       else 0.0
@@ -198,7 +216,6 @@ def evaluate(predict, images, labels, config, source_predict=None, progress=None
   results['margin']['note'] = ('per example over all examples (misclassified = 0); every '
                                'estimate is an upper bound of the minimal adversarial norm; '
                                'censored = no success up to maxeps')
-  checks = sanity.model_checks(predict, images[:config.batch_size], labels[:config.batch_size])
   recount = is_correct(predict(tf.constant(images[:min(n, 7)])), labels[:min(n, 7)]).numpy()
   checks['clean_recount_mismatch'] = bool(np.any(recount != clean[:len(recount)]))
   checks['random_noise_acc'] = {k: float(v.mean()) for k, v in zip(keys, noise)}

@@ -9,18 +9,23 @@
 - 'paper': the MMA paper's whitebox protocol (docs/paper_notes.md 5.2): per eps, 10 PGD runs of
   100 iterations from random starts, half cross-entropy and half CW, step eps/40 for MNIST Linf and
   eps/4 otherwise; optional transfer attacks from a source model.
-- 'all': both, from the same clean points; the report gives each and their worst case.
+- 'fast': AutoAttack's verdict for a fraction of its cost, not standard AutoAttack (`fast.py`).
+- 'all': autoattack, paper and fast, from the same clean points; the report gives each and their
+  worst case. A comma-separated list (e.g. 'autoattack,fast') runs the ones named.
 """
 import dataclasses
 import math
 
 from mma_tf.attacks.registry import get_attack
+from mma_tf.evaluation.fast import FAST
 from mma_tf.setting_names import setting
 
 AUTOATTACK = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
 RAND = ('apgd-ce', 'apgd-dlr')
 PAPER = ('pgd',)
-PROTOCOLS = ('autoattack', 'paper', 'all', 'rand')
+PROTOCOL_ATTACKS = {'autoattack': AUTOATTACK, 'rand': RAND, 'paper': PAPER, 'fast': FAST}
+PROTOCOLS = ('autoattack', 'paper', 'fast', 'rand', 'all')
+_ALL = ('autoattack', 'paper', 'fast')  # 'rand' is for random models only
 # The reference's budgets for its standard and rand versions (set_version in autoattack.py).
 STANDARD_BUDGETS = dict(apgd_nb_iter=100, fab_nb_iter=100, n_target_classes=9,
                         square_queries=5000, eot_iter=1)
@@ -56,7 +61,7 @@ def default_rel_step(dataset, norm):
 class EvalConfig:
   norm: str = 'Linf'
   eps: tuple = (0.1, 0.2, 0.3, 0.4)
-  protocol: str = 'autoattack'
+  protocol: str = 'autoattack'  # one of PROTOCOLS, or a comma-separated list ('autoattack,fast')
   attacks: tuple = None          # a chosen subset, run in this order (overrides the protocol)
   # The paper protocol.
   nb_iter: int = 100
@@ -68,6 +73,9 @@ class EvalConfig:
   n_target_classes: int = 9
   square_queries: int = 5000
   eot_iter: int = None           # default: 20 for protocol 'rand' (the reference's), else 1
+  # The fast protocol's budgets (fast.py; not standard AutoAttack).
+  fast_n_target_classes: int = 2  # per ranking: MALT's nearest at x and at the probe point
+  fast_square_queries: int = 1000
   # Margins and the rest.
   margin_estimates: tuple = ('anpgd', 'pgd_bisection', 'fab')
   margin_maxeps: float = None    # default: 1.5 x the largest eps
@@ -80,8 +88,7 @@ class EvalConfig:
   def validate(self, image_shape):
     if self.norm not in ('Linf', 'L2'):
       raise ValueError(f"Unknown norm {self.norm!r}; choose 'Linf' or 'L2'.")
-    if self.protocol not in PROTOCOLS:
-      raise ValueError(f'Unknown protocol {self.protocol!r}; choose from {", ".join(PROTOCOLS)}.')
+    self.protocol_names()  # unknown names fail here
     if not self.eps:
       raise ValueError('Give at least one eps.')
     limit = 1.0 if self.norm == 'Linf' else math.sqrt(math.prod(image_shape))
@@ -92,7 +99,7 @@ class EvalConfig:
                          'fractions of the [0, 1] range (write 8/255, not 8).')
     for name in ('nb_iter', 'nb_restart', 'batch_size', 'margin_nb_iter', 'search_steps',
                  'apgd_nb_iter', 'fab_nb_iter', 'n_target_classes', 'square_queries',
-                 'eot_iter'):
+                 'eot_iter', 'fast_n_target_classes', 'fast_square_queries'):
       if getattr(self, name) is not None and getattr(self, name) < 1:
         raise ValueError(f'{setting(name)} must be >= 1; got {getattr(self, name)}.')
     if not self.rel_step > 0:
@@ -108,38 +115,59 @@ class EvalConfig:
   def maxeps(self):
     return self.margin_maxeps or 1.5 * max(self.eps)
 
-  @property
-  def apgd_eot_iter(self):
-    return self.eot_iter or (RAND_BUDGETS['eot_iter'] if self.protocol == 'rand' else 1)
+  def apgd_eot_iter(self, protocol=None):
+    """Gradient passes per APGD step in `protocol`: eot_iter, or the reference's default for it
+    (20 in 'rand', else 1)."""
+    return self.eot_iter or (RAND_BUDGETS['eot_iter'] if protocol == 'rand' else 1)
 
-  def attack_params(self, name):
-    """This config's hyperparameters for the attack called `name` (others keep defaults)."""
+  def attack_params(self, name, protocol=None):
+    """This config's hyperparameters for the attack called `name` in `protocol` (others keep
+    defaults). The fast protocol's Square starts with fast_square_queries (fast.py)."""
+    if protocol == 'fast' and name == 'square':
+      return dict(n_queries=self.fast_square_queries)
+    eot_iter = self.apgd_eot_iter(protocol)
     return {
         'pgd': dict(nb_iter=self.nb_iter, nb_restart=self.nb_restart, rel_step=self.rel_step),
-        'apgd-ce': dict(nb_iter=self.apgd_nb_iter, eot_iter=self.apgd_eot_iter),
-        'apgd-dlr': dict(nb_iter=self.apgd_nb_iter, eot_iter=self.apgd_eot_iter),
+        'apgd-ce': dict(nb_iter=self.apgd_nb_iter, eot_iter=eot_iter),
+        'apgd-dlr': dict(nb_iter=self.apgd_nb_iter, eot_iter=eot_iter),
         'apgd-t': dict(nb_iter=self.apgd_nb_iter, n_target_classes=self.n_target_classes),
+        'apgd-t-malt': dict(nb_iter=self.apgd_nb_iter,
+                            n_target_classes=self.fast_n_target_classes),
         'fab-t': dict(nb_iter=self.fab_nb_iter, n_target_classes=self.n_target_classes),
         'square': dict(n_queries=self.square_queries),
     }.get(name, {})
+
+  def protocol_names(self):
+    """The protocols to run, in order: 'all' is autoattack, paper and fast; a comma-separated
+    list names some."""
+    if not isinstance(self.protocol, str):
+      raise ValueError(f"protocol must be a string, e.g. 'autoattack' or 'autoattack,fast'; got "
+                       f'{self.protocol!r}.')
+    if self.protocol == 'all':
+      return list(_ALL)
+    names = [p.strip() for p in self.protocol.split(',')]
+    for p in names:
+      if p not in PROTOCOL_ATTACKS:
+        raise ValueError(f'Unknown protocol {p!r}; choose from {", ".join(PROTOCOLS)} or a '
+                         "comma-separated list of them (e.g. 'autoattack,fast').")
+    if len(set(names)) < len(names):
+      raise ValueError(f'Protocol {self.protocol!r} names one twice.')
+    return names
 
   def protocol_attacks(self):
     """{protocol name: [Attack, ...]} in the order they run."""
     if self.attacks:
       names = {'custom': tuple(self.attacks)}
-    elif self.protocol == 'all':
-      names = {'autoattack': AUTOATTACK, 'paper': PAPER}
     else:
-      names = {self.protocol: {'autoattack': AUTOATTACK, 'rand': RAND,
-                               'paper': PAPER}[self.protocol]}
-    return {p: [get_attack(a, self.norm, **self.attack_params(a)) for a in attack_names]
+      names = {p: PROTOCOL_ATTACKS[p] for p in self.protocol_names()}
+    return {p: [get_attack(a, self.norm, **self.attack_params(a, p)) for a in attack_names]
             for p, attack_names in names.items()}
 
   def budget_changes(self, protocol):
     """Sentences naming every budget of `protocol` (a key of protocol_attacks()) that differs
     from the reference version it stands for; [] for protocols that are not AutoAttack's."""
     budgets = {'autoattack': STANDARD_BUDGETS, 'rand': RAND_BUDGETS}.get(protocol, {})
-    ran = dict(vars(self), eot_iter=self.apgd_eot_iter)
+    ran = dict(vars(self), eot_iter=self.apgd_eot_iter(protocol))
     return [f'{ran[k]} {_BUDGET_NAMES[k]} instead of {v}' for k, v in budgets.items()
             if ran[k] != v]
 
@@ -159,4 +187,6 @@ def protocol_label(protocol, changes):
             else "AutoAttack's rand version")
   if protocol == 'paper':
     return "the MMA paper's PGD protocol (not AutoAttack)"
+  if protocol == 'fast':
+    return "the fast protocol: aimed at AutoAttack's verdict, not standard AutoAttack"
   return 'a custom attack list (not standard AutoAttack)'

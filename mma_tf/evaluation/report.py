@@ -32,6 +32,8 @@ def markdown_table(results, title):
   if len(results['protocols']) > 1:
     lines.append('| worst case | all | ' + ' | '.join(_pct(results['robust_acc'][e]) for e in eps)
                  + f' | {_pct(results["avg_rob_acc"])} | |')
+  if 'fast' in results['protocols']:
+    lines += ['', _fast_lines(results['protocols']['fast'])]
   m = results['margin']
   if m['estimates']:
     lines += ['', f'Margins ({results["norm"]}, searched up to {m["maxeps"]:.4g}; mean / median '
@@ -50,6 +52,19 @@ def markdown_table(results, title):
               'random noise, Square adds no more than ordinary models show, accuracy falls with '
               'eps; thresholds: docs/autoattack.md 5).']
   return '\n'.join(lines) + '\n'
+
+
+def _fast_lines(r):
+  """The fast protocol's label, Square's budget per eps, and its verdict against AutoAttack's."""
+  text = f'**{r["note"]}** Square queries per eps: ' + ', '.join(
+      f'{e}: {q}' + (f' ({r["square_reason"][e]})' if r['square_reason'][e] else '')
+      for e, q in r['square_queries'].items()) + '.'
+  for e, c in r.get('vs_autoattack', {}).items():
+    text += (f' At eps {e}: the same robust set as AutoAttack.' if c['same'] else
+             f' At eps {e}: robust under fast but broken by AutoAttack: '
+             f'{c["broken_only_by_autoattack"] or "none"}; broken only by fast: '
+             f'{c["broken_only_by_fast"] or "none"}.')
+  return text
 
 
 def write_report(results, per_example, out_dir, title='Robustness evaluation'):

@@ -117,10 +117,17 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
   for a_i, attack in enumerate(attacks):
     start = time.perf_counter()
     unconfirmed.append(0)
-    for stage in range(attack.num_stages(num_classes)):
+    num_stages = attack.num_stages(num_classes)
+    chosen = np.ones((n, num_stages), bool)
+    if attack.selects_stages and robust.any():
       todo = np.nonzero(robust)[0]
+      key = attack.cache_key()
+      chosen[todo] = runner.map(key and ('select', key), lambda x, y, e, attack=attack: (
+          attack.select_stages(predict, x, y, e, num_stages),), [images, labels, eps_vec], todo)[0]
+    for stage in range(num_stages):
+      todo = np.nonzero(robust & chosen[:, stage])[0]
       if not todo.size:
-        break
+        continue
       stage_vec = np.full(n, stage, np.int32)
 
       def fn(x, y, idx, e, stage_arg, attack=attack, stage=stage):

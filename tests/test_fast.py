@@ -1,0 +1,179 @@
+"""The fast protocol: MALT's target ranking, its verdict against AutoAttack's on analytic problems,
+Square's budget rule, the protocol list and the report's labels."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import LinearProblem, MulticlassAffine, radii_between, small_cnn_predict
+from mma_tf import evaluation
+from mma_tf.attacks.malt import malt_order, malt_scores, probe
+from mma_tf.attacks.registry import get_attack
+from mma_tf.evaluation import fast
+from mma_tf.evaluation.common import stream_example_seeds
+from mma_tf.evaluation.runner import Runner, run_attacks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NORMS = ['Linf', 'L2']
+QUICK = dict(apgd_nb_iter=20, fab_nb_iter=20, square_queries=300, fast_square_queries=100,
+             margin_estimates=())
+
+
+@pytest.mark.parametrize('norm', NORMS)
+def test_malt_ranks_the_exact_nearest_class_first_on_affine_models(norm):
+  p = MulticlassAffine(norm, batch=16)
+  assert not p.nearest_is_runner_up.all(), 'the logit order must get some examples wrong'
+  scores = malt_scores(p.predict, p.x, p.y, norm).numpy()
+  np.testing.assert_allclose(scores.min(1), p.margin, rtol=1e-5)  # the exact distances
+  assert np.all(scores[np.arange(len(p.y)), p.y] == np.inf)
+  order = tf.function(lambda x, y: malt_order(p.predict, x, y, norm), jit_compile=True)
+  got = order(p.x, p.y).numpy()
+  np.testing.assert_array_equal(got[:, 0], p.nearest)
+  np.testing.assert_array_equal(got[:, -1], p.y)  # the label last
+  # Per example: alone, each gets the row it gets in the batch.
+  for i in (0, 5):
+    np.testing.assert_array_equal(malt_order(p.predict, p.x[i:i + 1], p.y[i:i + 1], norm)[0],
+                                  got[i])
+
+
+def test_malt_falls_back_to_the_logit_order_without_gradients():
+  p = LinearProblem('Linf', 10, batch=8)
+  masked = lambda images: p.predict(tf.stop_gradient(images))
+  by_logit = np.argsort(-p.predict(p.x).numpy(), 1, kind='stable')
+  np.testing.assert_array_equal(malt_order(masked, p.x, p.y)[:, :-1], by_logit[:, 1:])
+
+
+@pytest.mark.parametrize('norm', NORMS)
+def test_fast_breaks_exactly_what_autoattack_breaks_on_affine_models(norm):
+  p = MulticlassAffine(norm, batch=16)
+  eps = radii_between(p.margin, count=4)
+  expected = np.stack([p.margin > e for e in eps])
+  # One bucket shape (batch_size / 8 >= 16 points): every function traces once.
+  config = evaluation.EvalConfig(norm=norm, eps=eps, batch_size=128, protocol='autoattack,fast',
+                                 **QUICK)
+  results, per_example = evaluation.evaluate(p.predict, p.x, p.y, config)
+  np.testing.assert_array_equal(per_example['autoattack_robust'], expected)
+  np.testing.assert_array_equal(per_example['fast_robust'], expected)
+  assert all(c['same'] for c in results['protocols']['fast']['vs_autoattack'].values())
+  # The ranking is what does it: at every radius between two margins, one MALT target breaks
+  # every breakable point; one target by logit misses some.
+  eps = radii_between(p.margin, count=len(p.y))
+  one = dict(QUICK, fast_n_target_classes=1, n_target_classes=1)
+  robust = {name: evaluation.evaluate(p.predict, p.x, p.y, evaluation.EvalConfig(
+      norm=norm, eps=eps, batch_size=128, attacks=(name,), **one))[1]['robust']
+            for name in ('apgd-t-malt', 'apgd-t')}
+  expected = np.stack([p.margin > e for e in eps])
+  np.testing.assert_array_equal(robust['apgd-t-malt'], expected)
+  assert (robust['apgd-t'] & ~expected).any()
+
+
+def test_fast_apgd_t_reruns_autoattacks_runs_for_the_classes_malt_picks(rng):
+  """apgd-t-malt breaks a point iff AutoAttack's APGD-T run toward one of the point's MALT
+  classes (k nearest at x, k at the probe point) breaks it: the same runs, fewer of them."""
+  _, predict = small_cnn_predict()
+  x = rng.uniform(0, 1, (16, 8, 8, 1)).astype(np.float32)
+  y = np.argmax(predict(x).numpy(), 1).astype(np.int32)
+  index, eps = np.arange(16, dtype=np.int32), 0.04
+  fast_t = get_attack('apgd-t-malt', 'Linf', nb_iter=10, n_target_classes=2)
+  chosen = fast_t.select_stages(predict, x, y, tf.fill([16], eps), 9).numpy()
+  by_logit = np.argsort(-predict(x).numpy(), 1, kind='stable')[:, 1:]  # stage s: rank s + 2
+  at_probe = probe(predict, x, y, eps, 'Linf')
+  nearest = np.concatenate([malt_order(predict, x, y).numpy()[:, :2],
+                            malt_order(predict, at_probe, y).numpy()[:, :2]], 1)
+  np.testing.assert_array_equal(chosen, (by_logit[:, :, None] == nearest[:, None]).any(2))
+  assert 2 <= chosen.sum(1).min() and chosen.sum(1).max() <= 4 and chosen.sum(1).max() > 2
+  standard = get_attack('apgd-t', 'Linf', nb_iter=10)
+  runs = np.stack([standard.run_stage(predict, x, y, tf.fill([16], eps), stream_example_seeds(
+      0, 'apgd-t', index, s), s)[1].numpy() for s in range(9)], 1)
+  got = run_attacks(Runner(8), predict, [fast_t], x, y, index, eps, np.ones(16, bool), 0, 10)
+  np.testing.assert_array_equal(~got['robust'], (runs & chosen).any(1))
+  assert 0 < (~got['robust']).sum() < 16 and (runs & ~chosen).any()  # runs left out mattered
+
+
+def _square_alone(p, predict, eps, short, full, signs):
+  """(the fast driver with Square alone, AutoAttack's full Square) on the same points."""
+  runner = Runner(len(p.y))
+  args = (p.x, p.y, np.arange(len(p.y), dtype=np.int32), eps, np.ones(len(p.y), bool), 0, 10)
+  got = fast.run_fast(runner, predict, [get_attack('square', 'Linf', n_queries=short)], *args,
+                      full_queries=full, signs=signs)
+  return got, run_attacks(runner, predict, [get_attack('square', 'Linf', n_queries=full)], *args)
+
+
+def test_square_continues_to_the_full_budget_when_the_short_run_breaks_a_point():
+  p = LinearProblem('Linf', 10, batch=12)
+  masked = lambda images: p.predict(tf.stop_gradient(images))  # only Square breaks anything
+  eps = float(np.median(p.margin) * 1.2)
+  short = run_attacks(Runner(12), masked, [get_attack('square', 'Linf', n_queries=100)], p.x, p.y,
+                      np.arange(12, dtype=np.int32), eps, np.ones(12, bool), 0, 10)
+  got, standard = _square_alone(p, masked, eps, 100, 300, signs=[])
+  assert 0 < (~short['robust']).sum() < (~standard['robust']).sum()  # the full run does more
+  assert got['square_queries'] == 300 and 'broke' in got['square_reason']
+  # The short run is a prefix of the full one: exactly AutoAttack's Square verdict.
+  np.testing.assert_array_equal(got['robust'], standard['robust'])
+  np.testing.assert_array_equal(got['broken_by'], standard['broken_by'])
+  assert got['acc_after'] == standard['acc_after']
+  # Signs of masking give the full budget from the start.
+  flagged, _ = _square_alone(p, masked, eps, 100, 300, signs=['the outputs are random'])
+  assert flagged['square_queries'] == 300 and flagged['square_reason'] == 'the outputs are random'
+  np.testing.assert_array_equal(flagged['robust'], standard['robust'])
+  # Nothing broken by the short run: the short budget stands.
+  below, _ = _square_alone(p, masked, float(p.margin.min() * 0.6), 100, 300, signs=[])
+  assert below['square_queries'] == 100 and below['square_reason'] is None
+
+
+def test_zero_gradients_give_square_its_full_budget_and_the_report_says_why():
+  p = LinearProblem('Linf', 10, batch=12)
+  masked = lambda images: p.predict(tf.stop_gradient(images))
+  eps = (float(np.median(p.margin) * 1.2),)
+  config = evaluation.EvalConfig(norm='Linf', eps=eps, batch_size=12, protocol='fast', **QUICK)
+  results, per_example = evaluation.evaluate(masked, p.x, p.y, config)
+  r = results['protocols']['fast']
+  assert r['square_queries'] == {f'{eps[0]:g}': 300}
+  assert 'all-zero input gradient' in r['square_reason'][f'{eps[0]:g}']
+  assert per_example['fast_robust'].sum() == (p.margin > eps[0]).sum() == 2
+
+
+def test_protocol_lists():
+  names = lambda protocol: list(evaluation.EvalConfig(protocol=protocol).protocol_attacks())
+  assert names('all') == ['autoattack', 'paper', 'fast']
+  assert names('autoattack,fast') == ['autoattack', 'fast']
+  assert names('fast') == ['fast']
+  attacks = evaluation.EvalConfig(protocol='fast', fast_n_target_classes=2,
+                                  fast_square_queries=700).protocol_attacks()['fast']
+  assert [a.describe() for a in attacks] == [
+      'apgd-ce(nb_iter=100)', 'apgd-t-malt(nb_iter=100, n_target_classes=2)',
+      'square(n_queries=700, p_init=0.8)']
+  for protocol, match in (('autoattack,pgd', "Unknown protocol 'pgd'"),
+                          ('fast,fast', 'names one twice'), (('fast',), 'must be a string')):
+    with pytest.raises(ValueError, match=match):
+      evaluation.EvalConfig(protocol=protocol).validate((28, 28, 1))
+  with pytest.raises(ValueError, match='fast_square_queries must be >= 1'):
+    evaluation.EvalConfig(fast_square_queries=0).validate((28, 28, 1))
+
+
+def test_cli_runs_autoattack_and_fast_side_by_side_and_labels_fast(tmp_path):
+  import keras
+  _, predict = small_cnn_predict(input_shape=(28, 28, 1))
+  model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Lambda(predict)])
+  model.export(str(tmp_path / 'export'), verbose=False)
+  out = tmp_path / 'report'
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'bin', 'evaluate.py'), f'--saved_model={tmp_path}/export',
+       '--num_examples=12', '--eps=0.02', '--protocol=autoattack,fast', '--apgd_nb_iter=5',
+       '--fab_nb_iter=5', '--n_target_classes=2', '--square_queries=20', '--margins=',
+       '--batch_size=12', f'--output_dir={out}'], capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert '(fast: not standard AutoAttack)' in result.stdout
+  assert '**fast is not standard AutoAttack' in result.stdout
+  assert 'fast: eps 0.02 apgd-t-malt' in result.stdout  # progress lines name their protocol
+  results = json.loads((out / 'results.json').read_text())
+  assert list(results['protocols']) == ['autoattack', 'fast']
+  comparison = results['protocols']['fast']['vs_autoattack']['0.02']
+  per_example = np.load(out / 'per_example.npz')
+  aa, f = per_example['autoattack_robust'][0], per_example['fast_robust'][0]
+  assert comparison['broken_only_by_autoattack'] == np.flatnonzero(~aa & f).tolist()
+  assert comparison['same'] == bool(np.array_equal(aa, f))
