@@ -112,6 +112,8 @@ def evaluate(opts):
     for row in opts.rows:
       run_dir = os.path.join(opts.out, opts.data, f'{row}-seed{seed}')
       for fraction in ROWS[row]['budgets']:
+        if opts.budgets and not any(abs(fraction - b) < 1e-9 for b in opts.budgets):
+          continue
         stage = os.path.join(run_dir, f'stage-{_epochs(opts.data, fraction)}ep')
         out = os.path.join(stage, 'eval')
         if not os.path.exists(os.path.join(stage, 'stage.json')):
@@ -138,10 +140,14 @@ def main():
   parser.add_argument('--fmnist_npz', default='runs/fashion_mnist.npz')
   parser.add_argument('--num_examples', type=int, default=500)
   parser.add_argument('--protocol', default='autoattack')
+  parser.add_argument('--budgets', default='',
+                      help='evaluate: only these budgets (fractions, e.g. 1 or 0.25,1); '
+                           'default every budget of the row')
   parser.add_argument('--doc', default=None, help='summarize: output prefix (.md, .json, .png)')
   opts = parser.parse_args()
   opts.seeds = [int(s) for s in opts.seeds.split(',') if s]
   opts.rows = [r for r in opts.rows.split(',') if r]
+  opts.budgets = [float(b) for b in opts.budgets.split(',') if b]
   unknown = set(opts.rows) - set(ROWS)
   if unknown:
     parser.error(f'unknown rows {sorted(unknown)}; choose from {sorted(ROWS)}')
