@@ -171,7 +171,7 @@ def main(argv):
     split = 'the test split'
     images, labels, _ = data.eval_split(F.split, limit=F.num_examples)
     if F.split == 'validation':
-      split = f'the validation split: {_describe_split(data, recorded)}
+      split = f'the validation split: {_describe_split(data, recorded)}'
     attacks = ', '.join(f'{p}: {" -> ".join(a.name for a in attack_list)}'
                         for p, attack_list in config.protocol_attacks().items())
     print(f'Evaluating {F.saved_model} on {len(labels)} {F.dataset} images ({split}), '
