@@ -12,7 +12,7 @@ from mma_tf import export as export_lib
 from mma_tf import keras as keras_lib
 from mma_tf import losses, models, objectives, precision
 from mma_tf import trainer as trainer_lib
-from test_throughput import _warm_start, data8  # noqa: F401  (fixture)
+from test_throughput import _warm_start, data8, warm_weights  # noqa: F401  (fixtures)
 from test_trainer import op_determinism  # noqa: F401  (fixture)
 
 QUIET = lambda m: None
@@ -60,10 +60,11 @@ def _state(model):
 
 # ------------------------------------------------------------------------------ one step
 @pytest.mark.parametrize('memory', [False, True])
-def test_fit_steps_equal_trainer_steps_and_log_their_statistics(memory, data8, tmp_path):
+def test_fit_steps_equal_trainer_steps_and_log_their_statistics(memory, data8, warm_weights,
+                                                                tmp_path):
   config = _config(perturbation_memory=memory)
   trainer = trainer_lib.Trainer(config, str(tmp_path), data=data8, log=QUIET)
-  _warm_start([trainer], data8, tmp_path)  # most examples correct: MMA attacks them
+  _warm_start([trainer], warm_weights)  # most examples correct: MMA attacks them
   model = _wrapper(config, trainer.task.model.get_weights(), num_examples=data8.num_train_total)
   iterator = iter(trainer.task.train_batches(0))
   outs = [trainer.task.train_step(iterator) for _ in range(2)]
@@ -88,12 +89,10 @@ def test_fit_steps_equal_trainer_steps_and_log_their_statistics(memory, data8, t
     assert got[k] == pytest.approx(want[k], rel=1e-6), k
 
 
-def test_two_replicas_keep_the_weights_and_memories_of_one_device(data8, tmp_path,
+def test_two_replicas_keep_the_weights_and_memories_of_one_device(data8, warm_weights, tmp_path,
                                                                   two_cpu_strategy):
   config = _config(perturbation_memory=True)
-  warm = trainer_lib.Trainer(config, str(tmp_path), data=data8, log=QUIET)
-  _warm_start([warm], data8, tmp_path)
-  weights = warm.task.model.get_weights()
+  weights = warm_weights
   one = _wrapper(config, weights)
   with two_cpu_strategy.scope():
     two = _wrapper(config, weights)
@@ -210,15 +209,6 @@ def test_settings_are_trainconfig_fields_checked_in_python_terms(data8):
 
 
 # ------------------------------------------------------------------------------ resume, saving
-@pytest.fixture(scope='module')
-def warm_weights(data8, tmp_path_factory):
-  """Weights that classify most examples (MMA attacks them, so the memories fill)."""
-  warm = trainer_lib.Trainer(_config(), str(tmp_path_factory.mktemp('warm')), data=data8,
-                             log=QUIET)
-  _warm_start([warm], data8, tmp_path_factory.mktemp('warm_start'))
-  return warm.task.model.get_weights()
-
-
 class _Crash(keras.callbacks.Callback):
   def __init__(self, epoch, batch):
     super().__init__()

@@ -11,7 +11,7 @@ from mma_tf import objectives as objectives_lib
 from mma_tf import trainer as trainer_lib
 from mma_tf.attacks import anpgd, pgd
 from test_distributed import _launch, _results
-from test_throughput import _warm_start, data8  # noqa: F401  (fixture)
+from test_throughput import _warm_start, data8, warm_weights  # noqa: F401  (fixtures)
 from test_trainer import op_determinism  # noqa: F401  (fixture)
 
 QUIET = lambda m: None
@@ -33,7 +33,8 @@ def _memory(trainer):
 
 def _state(trainer):
   memory = list(_memory(trainer)) if trainer.task.perturbation_memory else []
-  return [v.numpy() for v in trainer.task.model.weights] + [trainer.task.eps_memory.numpy()] + memory
+  weights = [v.numpy() for v in trainer.task.model.weights]
+  return weights + [trainer.task.eps_memory.numpy()] + memory
 
 
 def _batch_indices(trainer, epoch, steps):
@@ -44,13 +45,16 @@ def _batch_indices(trainer, epoch, steps):
 
 
 # ------------------------------------------------------------------------------ the loop
-def test_without_a_stored_perturbation_a_step_is_the_step_without_memory(data8, tmp_path):
+def test_without_a_stored_perturbation_a_step_is_the_step_without_memory(data8, warm_weights,
+                                                                         tmp_path):
   """Step 1 knows no perturbation: every example starts at random, as without the memory, so the
   two runs agree bit for bit; the memory then holds the batch's attacked rows and nothing else."""
-  off = trainer_lib.Trainer(_config(perturbation_memory=False), str(tmp_path / 'off'),
-                            data=data8, log=QUIET)
-  on = trainer_lib.Trainer(_config(), str(tmp_path / 'on'), data=data8, log=QUIET)
-  _warm_start([off, on], data8, tmp_path)
+  # The same step for both (with the memory on, the default PGD step is 0.5 eps).
+  off = trainer_lib.Trainer(_config(perturbation_memory=False, eps_iter_scale=1.0),
+                            str(tmp_path / 'off'), data=data8, log=QUIET)
+  on = trainer_lib.Trainer(_config(eps_iter_scale=1.0), str(tmp_path / 'on'), data=data8,
+                           log=QUIET)
+  _warm_start([off, on], warm_weights)
   out_off = off.task.train_step(iter(off.task.train_batches(0)))
   out_on = on.task.train_step(iter(on.task.train_batches(0)))
   for a, b in zip(_state(off), _state(on)[:-2]):
@@ -67,10 +71,10 @@ def test_without_a_stored_perturbation_a_step_is_the_step_without_memory(data8, 
 
 
 @pytest.mark.parametrize('objective', ['mma', 'pgd_at', 'trades'])
-def test_memory_rows_change_only_for_the_batch(objective, data8, tmp_path):
+def test_memory_rows_change_only_for_the_batch(objective, data8, warm_weights, tmp_path):
   trainer = trainer_lib.Trainer(_config(objective=objective), str(tmp_path), data=data8,
                                 log=QUIET)
-  _warm_start([trainer], data8, tmp_path)
+  _warm_start([trainer], warm_weights)
   iterator = iter(trainer.task.train_batches(0))
   before = _memory(trainer)
   for batch in _batch_indices(trainer, 0, 3):
@@ -87,7 +91,8 @@ def test_memory_rows_change_only_for_the_batch(objective, data8, tmp_path):
   assert np.abs(before[0]).max() <= eps * (1 + 1e-3)  # Linf: inside the largest ball
 
 
-def test_resume_with_memory_equals_uninterrupted(data8, tmp_path, op_determinism):  # noqa: F811
+def test_resume_with_memory_equals_uninterrupted(data8, warm_weights, tmp_path,
+                                                 op_determinism):  # noqa: F811
   config = _config(train_steps=24, checkpoint_every=5, deterministic=True, optimizer='adam',
                    learning_rate=1e-2)
   full = trainer_lib.Trainer(config, str(tmp_path / 'full'), data=data8, log=QUIET)
@@ -95,7 +100,7 @@ def test_resume_with_memory_equals_uninterrupted(data8, tmp_path, op_determinism
   part = trainer_lib.Trainer(_config(train_steps=13, checkpoint_every=5, deterministic=True,
                                      optimizer='adam', learning_rate=1e-2),
                              part_dir, data=data8, log=QUIET)
-  _warm_start([full, part], data8, tmp_path)  # most examples correct: MMA attacks them
+  _warm_start([full, part], warm_weights)  # most examples correct: MMA attacks them
   full.train()
   part.train()
   resumed = trainer_lib.Trainer(config, part_dir, data=data8, log=QUIET)
@@ -106,11 +111,12 @@ def test_resume_with_memory_equals_uninterrupted(data8, tmp_path, op_determinism
     np.testing.assert_array_equal(a, b)
 
 
-def test_two_replicas_keep_the_memory_of_one_device(data8, tmp_path, two_cpu_strategy):
+def test_two_replicas_keep_the_memory_of_one_device(data8, warm_weights, tmp_path,
+                                                    two_cpu_strategy):
   one = trainer_lib.Trainer(_config(), str(tmp_path / 'one'), data=data8, log=QUIET)
   two = trainer_lib.Trainer(_config(), str(tmp_path / 'two'), two_cpu_strategy, data=data8,
                             log=QUIET)
-  _warm_start([one, two], data8, tmp_path)
+  _warm_start([one, two], warm_weights)
   for trainer in (one, two):  # the second epoch's steps start from the first epoch's rows
     for epoch in range(2):
       iterator = iter(trainer.task.train_batches(epoch))
@@ -138,10 +144,11 @@ def test_two_workers_hold_the_same_memory_and_resume_it(tmp_path):
   assert a2['perturbation_memory_sha'] == b2['perturbation_memory_sha']
 
 
-def test_a_loop_keeps_the_memory_of_single_steps(data8, tmp_path, op_determinism):  # noqa: F811
+def test_a_loop_keeps_the_memory_of_single_steps(data8, warm_weights, tmp_path,
+                                                 op_determinism):  # noqa: F811
   trainers = [trainer_lib.Trainer(_config(deterministic=True), str(tmp_path / str(i)),
                                   data=data8, log=QUIET) for i in range(2)]
-  _warm_start(trainers, data8, tmp_path)
+  _warm_start(trainers, warm_weights)
   single, looped = trainers
   iterator = iter(single.task.train_batches(0))
   for _ in range(4):
@@ -152,10 +159,10 @@ def test_a_loop_keeps_the_memory_of_single_steps(data8, tmp_path, op_determinism
     np.testing.assert_array_equal(a, b)
 
 
-def test_the_xla_step_keeps_the_memory_of_the_default_step(data8, tmp_path):
+def test_the_xla_step_keeps_the_memory_of_the_default_step(data8, warm_weights, tmp_path):
   trainers = [trainer_lib.Trainer(_config(jit_compile=jit), str(tmp_path / str(jit)), data=data8,
                                   log=QUIET) for jit in (False, True)]
-  _warm_start(trainers, data8, tmp_path)
+  _warm_start(trainers, warm_weights)
   for trainer in trainers:
     iterator = iter(trainer.task.train_batches(0))
     for _ in range(3):
