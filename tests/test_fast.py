@@ -1,5 +1,6 @@
 """The fast protocol: MALT's target ranking, its verdict against AutoAttack's on analytic problems,
 Square's budget rule, the protocol list and the report's labels."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -129,12 +130,17 @@ def test_zero_gradients_give_square_its_full_budget_and_the_report_says_why():
   p = LinearProblem('Linf', 10, batch=12)
   masked = lambda images: p.predict(tf.stop_gradient(images))
   eps = (float(np.median(p.margin) * 1.2),)
-  config = evaluation.EvalConfig(norm='Linf', eps=eps, batch_size=12, protocol='fast', **QUICK)
+  config = evaluation.EvalConfig(norm='Linf', eps=eps, batch_size=12, protocol='autoattack,fast',
+                                 **QUICK)
   results, per_example = evaluation.evaluate(masked, p.x, p.y, config)
   r = results['protocols']['fast']
   assert r['square_queries'] == {f'{eps[0]:g}': 300}
   assert 'all-zero input gradient' in r['square_reason'][f'{eps[0]:g}']
-  assert per_example['fast_robust'].sum() == (p.margin > eps[0]).sum() == 2
+  # Square's verdict with AutoAttack's (here: QUICK's) full budget; the short one misses some.
+  np.testing.assert_array_equal(per_example['fast_robust'], per_example['autoattack_robust'])
+  short = evaluation.evaluate(masked, p.x, p.y, dataclasses.replace(
+      config, protocol='fast', fast_square_queries=100, square_queries=100))[1]['fast_robust']
+  assert short.sum() > per_example['fast_robust'].sum() >= (p.margin > eps[0]).sum()
 
 
 def test_protocol_lists():
