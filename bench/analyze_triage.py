@@ -31,11 +31,15 @@ flags.DEFINE_string('dataset', 'mnist_5k', 'Test data, as mma-evaluate --dataset
 flags.DEFINE_enum('norm', 'Linf', ['Linf', 'L2'], 'Threat model.')
 flags.DEFINE_float('eps', 0.3, 'Radius (the report must hold it).')
 flags.DEFINE_integer('batch_size', 250, 'Batch size.')
+flags.DEFINE_enum('measure', 'gap', ['gap', 'ratio'], 'gap: z_y - max other logit; ratio: the gap over z_y - z_(3).')
 flags.mark_flags_as_required(['saved_model', 'report'])
 FLAGS = flags.FLAGS
 
 
 def gaps(logits, y):
+  if FLAGS.measure == 'gap':
+    own = logits[np.arange(len(y)), y]
+    return own - np.where(np.arange(logits.shape[1])[None] == y[:, None], -np.inf, logits).max(1)
   z = np.sort(logits, 1)[:, ::-1]
   own = logits[np.arange(len(y)), y]
   other = np.where(np.arange(logits.shape[1])[None] == y[:, None], -np.inf, logits).max(1)

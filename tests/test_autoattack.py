@@ -156,7 +156,7 @@ def test_square_warning_counts_the_points_left_robust_and_has_a_threshold(masked
 @pytest.mark.parametrize('num_classes', [2, 3])
 def test_few_classes_run_the_adapted_ensemble_and_say_so(num_classes):
   p = LinearProblem('Linf', num_classes, batch=12)
-  eps = _between_margins(p.margin, 2)
+  eps = radii_between(p.margin, 2)
   log = []
   results, _ = evaluation.evaluate(p.predict, p.x, p.y, evaluation.EvalConfig(
       norm='Linf', eps=eps, batch_size=12, **QUICK), progress=log.append)

@@ -151,7 +151,8 @@ def test_protocol_lists():
   attacks = evaluation.EvalConfig(protocol='fast', fast_n_target_classes=2,
                                   fast_square_queries=700).protocol_attacks()['fast']
   assert [a.describe() for a in attacks] == [
-      'apgd-ce(nb_iter=100)', 'apgd-t-malt(nb_iter=100, n_target_classes=2)',
+      'apgd-ce(nb_iter=100, loss=ce, eot_iter=1)',
+      'apgd-t-malt(nb_iter=100, n_target_classes=2, loss=dlr_targeted)',
       'square(n_queries=700, p_init=0.8)']
   for protocol, match in (('autoattack,pgd', "Unknown protocol 'pgd'"),
                           ('fast,fast', 'names one twice'), (('fast',), 'must be a string')):
