@@ -95,6 +95,27 @@ def test_fast_apgd_t_reruns_autoattacks_runs_for_the_classes_malt_picks(rng):
   assert 0 < (~got['robust']).sum() < 16 and (runs & ~chosen).any()  # runs left out mattered
 
 
+def test_fast_fab_t_reruns_autoattacks_runs_for_the_classes_malt_ranks_nearest_at_x(rng):
+  """fab-t-malt breaks a point iff AutoAttack's FAB-T run toward one of the k classes MALT ranks
+  nearest at x breaks it."""
+  _, predict = small_cnn_predict()
+  x = rng.uniform(0, 1, (16, 8, 8, 1)).astype(np.float32)
+  y = np.argmax(predict(x).numpy(), 1).astype(np.int32)
+  index, eps = np.arange(16, dtype=np.int32), 0.03
+  fast_fab = get_attack('fab-t-malt', 'Linf', nb_iter=10, n_target_classes=2)
+  chosen = fast_fab.select_stages(predict, x, y, tf.fill([16], eps), 9).numpy()
+  by_logit = np.argsort(-predict(x).numpy(), 1, kind='stable')[:, 1:]  # stage s: rank s + 2
+  nearest = malt_order(predict, x, y).numpy()[:, :2]
+  np.testing.assert_array_equal(chosen, (by_logit[:, :, None] == nearest[:, None]).any(2))
+  assert np.all(chosen.sum(1) == 2)
+  standard = get_attack('fab-t', 'Linf', nb_iter=10)
+  runs = np.stack([standard.run_stage(predict, x, y, tf.fill([16], eps), None, s)[1].numpy()
+                   for s in range(9)], 1)
+  got = run_attacks(Runner(8), predict, [fast_fab], x, y, index, eps, np.ones(16, bool), 0, 10)
+  np.testing.assert_array_equal(~got['robust'], (runs & chosen).any(1))
+  assert 0 < (~got['robust']).sum() < 16 and (runs & ~chosen).any()  # runs left out mattered
+
+
 def _square_alone(p, predict, eps, short, full, signs):
   """(the fast driver with Square alone, AutoAttack's full Square) on the same points."""
   runner = Runner(len(p.y))
@@ -153,6 +174,7 @@ def test_protocol_lists():
   assert [a.describe() for a in attacks] == [
       'apgd-ce(nb_iter=100, loss=ce, eot_iter=1)',
       'apgd-t-malt(nb_iter=100, n_target_classes=2, loss=dlr_targeted)',
+      'fab-t-malt(nb_iter=100, n_target_classes=3)',
       'square(n_queries=700, p_init=0.8)']
   for protocol, match in (('autoattack,pgd', "Unknown protocol 'pgd'"),
                           ('fast,fast', 'names one twice'), (('fast',), 'must be a string')):

@@ -6,7 +6,8 @@ Standard AutoAttack spends most of its time proving robust points robust (docs/a
   class's boundary, `attacks/malt.py`): the `fast_n_target_classes` nearest seen from x and as
   many seen from a short probe step toward the boundary, instead of the 9 ranked by logit. Each
   run is AutoAttack's own run for that class (same stage, same seeds);
-- no FAB-T;
+- FAB-T toward only the `fast_fab_target_classes` classes MALT ranks nearest at x (AutoAttack's
+  own deterministic runs for those classes);
 - Square with `fast_square_queries` queries: a prefix of AutoAttack's Square run (the same random
   stream, and the window schedule does not depend on the budget), continued to the full
   `square_queries` on the remaining points when the model checks suggest gradient masking or the
@@ -18,7 +19,7 @@ import numpy as np
 
 from mma_tf.evaluation.runner import run_attacks
 
-FAST = ('apgd-ce', 'apgd-t-malt', 'square')
+FAST = ('apgd-ce', 'apgd-t-malt', 'fab-t-malt', 'square')
 
 
 def masking_signs(checks):
@@ -39,7 +40,8 @@ def describe(config):
   k = config.fast_n_target_classes
   return (f'fast is not standard AutoAttack: APGD-CE ({config.apgd_nb_iter} iterations), APGD-T '
           f'toward the {k} classes MALT ranks nearest at x and the {k} nearest at a probe point '
-          f'(not all {config.n_target_classes} by logit), no FAB-T, Square with '
+          f'(not all {config.n_target_classes} by logit), FAB-T toward the '
+          f'{config.fast_fab_target_classes} nearest at x, Square with '
           f'{config.fast_square_queries} queries (the full {config.square_queries} where the '
           'model checks suggest gradient masking or the short run breaks a point). Report '
           'AutoAttack numbers from --protocol=autoattack.')

@@ -74,7 +74,8 @@ class EvalConfig:
   square_queries: int = 5000
   eot_iter: int = None           # default: 20 for protocol 'rand' (the reference's), else 1
   # The fast protocol's budgets (fast.py; not standard AutoAttack).
-  fast_n_target_classes: int = 2  # per ranking: MALT's nearest at x and at the probe point
+  fast_n_target_classes: int = 2  # APGD-T: MALT's nearest at x, and as many at a probe point
+  fast_fab_target_classes: int = 3  # FAB-T: MALT's nearest at x
   fast_square_queries: int = 1000
   # Margins and the rest.
   margin_estimates: tuple = ('anpgd', 'pgd_bisection', 'fab')
@@ -99,7 +100,8 @@ class EvalConfig:
                          'fractions of the [0, 1] range (write 8/255, not 8).')
     for name in ('nb_iter', 'nb_restart', 'batch_size', 'margin_nb_iter', 'search_steps',
                  'apgd_nb_iter', 'fab_nb_iter', 'n_target_classes', 'square_queries',
-                 'eot_iter', 'fast_n_target_classes', 'fast_square_queries'):
+                 'eot_iter', 'fast_n_target_classes', 'fast_fab_target_classes',
+                 'fast_square_queries'):
       if getattr(self, name) is not None and getattr(self, name) < 1:
         raise ValueError(f'{setting(name)} must be >= 1; got {getattr(self, name)}.')
     if not self.rel_step > 0:
@@ -134,6 +136,8 @@ class EvalConfig:
         'apgd-t-malt': dict(nb_iter=self.apgd_nb_iter,
                             n_target_classes=self.fast_n_target_classes),
         'fab-t': dict(nb_iter=self.fab_nb_iter, n_target_classes=self.n_target_classes),
+        'fab-t-malt': dict(nb_iter=self.fab_nb_iter,
+                           n_target_classes=self.fast_fab_target_classes),
         'square': dict(n_queries=self.square_queries),
     }.get(name, {})
 
