@@ -1,8 +1,11 @@
 """Training configuration and the paper's settings as presets (docs/paper_notes.md section 4).
 
-A preset is chosen by (dataset, norm); any field can be overridden. `TrainConfig.validate` turns
-bad combinations into ValueErrors that say what to change, and `resolve` refuses overrides that
-would do nothing in the chosen configuration (a flag is never silently ignored).
+A `TrainConfig` is made of parts (`PARTS`: data, network, optimization, loop, attack) and the
+objective's own settings, a dataclass each objective declares (`OBJECTIVE_SETTINGS`, filled by
+mma_tf.objectives.register). A preset is chosen by (dataset, norm); any field can be overridden
+by its flat name (the flag's). `TrainConfig.validate` turns bad combinations into ValueErrors that
+say what to change, and `resolve` refuses overrides that would do nothing in the chosen
+configuration (a flag is never silently ignored), a setting of another objective among them.
 
 Radii (hinge_maxeps, attack_mineps, pgd_eps, test_eps, test_eps_iter) are in the unit of the
 image range [0, 1] for every dataset: CIFAR-10's 8/255 is 0.0314, never 8.
@@ -224,10 +227,10 @@ class TrainConfig:
                          f'has no field {name!r}')
 
   def fields(self):
-    """Flat name -> (part, dataclasses.Field), the objective first."""
-    out = {'objective': (self, self.__dataclass_fields__['objective'])}
+    """Flat name -> its dataclasses.Field in the part that holds it, the objective first."""
+    out = {'objective': self.__dataclass_fields__['objective']}
     for part in [self.settings] + [getattr(self, key) for key in PARTS]:
-      out.update((f.name, (part, f)) for f in dataclasses.fields(part))
+      out.update((f.name, f) for f in dataclasses.fields(part))
     return out
 
   @classmethod
@@ -460,7 +463,7 @@ def resume_conflicts(saved, config):
   """
   saved = flat_record(saved)
   out = []
-  for name, (_, field) in sorted(config.fields().items()):
+  for name, field in sorted(config.fields().items()):
     if field.metadata.get('resumable'):
       continue
     mine = _json_value(getattr(config, name))

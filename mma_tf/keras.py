@@ -75,7 +75,7 @@ _KERAS_OWNS = {
 # defaults; one you register adds its own).
 SETTINGS = {}
 for _settings in configs.OBJECTIVE_SETTINGS.values():  # mma first: clean_loss_coeff 1/3
-  for _name, (_, _field) in configs.TrainConfig(settings=_settings()).fields().items():
+  for _name, _field in configs.TrainConfig(settings=_settings()).fields().items():
     if _name not in _KERAS_OWNS:
       SETTINGS.setdefault(_name, _field.default)
 

@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+from absl import flags
 
 import in_process
 from helpers import tiny_config, tiny_data
@@ -50,14 +51,14 @@ def test_a_setting_of_another_objective_is_refused_naming_its_objectives():
 
 
 def test_the_cli_defines_every_objective_setting_and_refuses_it_under_another_objective():
-  for name, (_, field) in configs.TrainConfig(settings=configs.TradesSettings()).fields().items():
-    if name in configs.TradesSettings.__dataclass_fields__:
-      assert field.metadata['help']  # each flag's help is its setting's
   result = in_process.run_main('mma_tf.cli.train', ['--objective=pgd_at', '--trades_beta=1',
                                                     '--train_steps=1'])
   assert result.returncode == 2
   assert ('--trades_beta has no effect here: it weighs the TRADES KL term, and --objective=pgd_at '
           'is not trades; drop it (it is a setting of --objective=trades).') in result.stderr
+  for name in _owners():  # a flag per setting, unset by default, with the setting's help
+    help_text = configs.setting_owners(name)[1].metadata['help']
+    assert flags.FLAGS[name].default is None and help_text in flags.FLAGS[name].help
 
 
 def test_flat_construction_routes_names_to_their_parts_and_refuses_strangers():
