@@ -1,8 +1,11 @@
 """Training configuration and the paper's settings as presets (docs/paper_notes.md section 4).
 
-A preset is chosen by (dataset, norm); any field can be overridden. `TrainConfig.validate` turns
-bad combinations into ValueErrors that say what to change, and `resolve` refuses overrides that
-would do nothing in the chosen configuration (a flag is never silently ignored).
+A `TrainConfig` is made of parts (`PARTS`: data, network, optimization, loop, attack) and the
+objective's own settings, a dataclass each objective declares (`OBJECTIVE_SETTINGS`, filled by
+mma_tf.objectives.register). A preset is chosen by (dataset, norm); any field can be overridden
+by its flat name (the flag's). `TrainConfig.validate` turns bad combinations into ValueErrors that
+say what to change, and `resolve` refuses overrides that would do nothing in the chosen
+configuration (a flag is never silently ignored), a setting of another objective among them.
 
 Radii (hinge_maxeps, attack_mineps, pgd_eps, test_eps, test_eps_iter) are in the unit of the
 image range [0, 1] for every dataset: CIFAR-10's 8/255 is 0.0314, never 8.
@@ -11,11 +14,8 @@ This module imports no TensorFlow, so the CLIs check flags before TF starts.
 """
 import dataclasses
 import json
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
-OBJECTIVES = ('mma', 'omma', 'pgd_at', 'trades', 'standard')  # built in (mma_tf.objectives)
-MMA_OBJECTIVES = ('mma', 'omma')
-FIXED_RADIUS_OBJECTIVES = ('pgd_at', 'trades')  # train at --pgd_eps
 PRECISIONS = ('float32', 'mixed_float16', 'mixed_bfloat16')  # mma_tf.precision.POLICIES
 
 # The registered models (mma_tf.models.MODELS, checked by a test) and whether they hold
@@ -45,54 +45,217 @@ def model_source_kind(model):
 _RESUMABLE = {'resumable': True}
 
 
+def _resumable(default):
+  return dataclasses.field(default=default, metadata=_RESUMABLE)
+
+
+# ------------------------------------------------------------------------------ the parts
 @dataclasses.dataclass
-class TrainConfig:
+class DataConfig:
   dataset: str = 'mnist_5k'
-  norm: str = 'Linf'
+  num_validation: Optional[int] = None  # None: the dataset's (data.default_num_validation)
+  batch_size: int = 50
+  eval_batch_size: int = _resumable(100)
+
+
+@dataclasses.dataclass
+class ModelConfig:
   model: str = 'small_cnn'
-  objective: str = 'mma'
-  # MMA (names as the released code's flags).
-  hinge_maxeps: float = 0.45          # d_max
-  clean_loss_coeff: float = 1.0 / 3   # 0 for OMMA
-  attack_mineps: float = 0.1          # initial eps0 and its floor
-  nb_iter: int = 40                   # PGD iterations inside AN-PGD (and PGD-AT, validation)
-  eps_iter_scale: float = 2.5         # PGD step = eps_iter_scale * eps / nb_iter
-  num_search_steps: int = 10
-  search_bn_mode: str = 'train'       # BN mode of the bisection forwards ('train' = released)
+  input_range: Tuple[float, float] = (0.0, 1.0)  # the range the model expects; data is [0, 1]
   sync_batchnorm: bool = False        # BN statistics over the global batch (models with BN only)
-  released_quirks: bool = True        # AN-PGD: last midpoint, unclipped (docs/paper_notes.md 2.4)
-  pgd_eps: float = 0.3                # PGD-AT and TRADES training radius
-  # Perturbation memory (ATTA): training attacks start from each example's last perturbation.
-  perturbation_memory: bool = False  # (resolve() then defaults eps_iter_scale to 0.5 nb_iter)
-  perturbation_memory_bits: int = 16
-  perturbation_memory_limit_mb: int = dataclasses.field(default=1024, metadata=_RESUMABLE)
-  trades_beta: float = 6.0            # TRADES: weight of the KL term (Zhang et al.: 6, MNIST 1-6)
-  # Validation monitor (docs/paper_notes.md 2.5).
-  test_eps: float = 0.3
-  test_eps_iter: float = 0.01
-  test_nb_iter: Optional[int] = None          # None: nb_iter, as released
-  test_num_search_steps: Optional[int] = None  # None: num_search_steps, as released
-  # Optimisation.
+  mixed_precision: str = 'float32'    # or 'mixed_float16', 'mixed_bfloat16' (compute dtype)
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
   optimizer: str = 'adam'             # 'adam' (PyTorch eps 1e-8) or 'sgd' (PyTorch-style momentum)
   learning_rate: float = 1e-4
   lr_boundaries: Tuple[int, ...] = ()  # steps after which the next value applies (PyTorch rule)
   lr_values: Tuple[float, ...] = ()
   momentum: float = 0.9
   weight_decay: float = 0.0           # L2 on all variables, as PyTorch SGD's weight_decay
-  batch_size: int = 50
-  train_steps: int = dataclasses.field(default=100_000, metadata=_RESUMABLE)
-  eval_batch_size: int = dataclasses.field(default=100, metadata=_RESUMABLE)
+
+
+@dataclasses.dataclass
+class LoopConfig:
+  train_steps: int = _resumable(100_000)
   seed: int = 0
-  # Data and model contract.
-  num_validation: Optional[int] = None  # None: the dataset's (data.default_num_validation)
-  input_range: Tuple[float, float] = (0.0, 1.0)  # the range the model expects; data is [0, 1]
-  # Loop.
-  checkpoint_every: int = dataclasses.field(default=500, metadata=_RESUMABLE)
-  log_every: int = dataclasses.field(default=50, metadata=_RESUMABLE)
-  jit_compile: bool = dataclasses.field(default=False, metadata=_RESUMABLE)
-  steps_per_loop: int = dataclasses.field(default=1, metadata=_RESUMABLE)
-  mixed_precision: str = 'float32'    # or 'mixed_float16', 'mixed_bfloat16' (compute dtype)
-  deterministic: bool = dataclasses.field(default=False, metadata=_RESUMABLE)
+  checkpoint_every: int = _resumable(500)
+  log_every: int = _resumable(50)
+  jit_compile: bool = _resumable(False)
+  steps_per_loop: int = _resumable(1)
+  deterministic: bool = _resumable(False)
+
+
+@dataclasses.dataclass
+class AttackConfig:
+  """The threat model and what every objective's attacks share: validation (docs/paper_notes.md
+  2.5) runs for every objective, so d_max, nb_iter and the search steps act for all of them."""
+  norm: str = 'Linf'
+  hinge_maxeps: float = 0.45          # d_max (names as the released code's flags)
+  nb_iter: int = 40                   # PGD iterations inside AN-PGD (and PGD-AT, validation)
+  num_search_steps: int = 10
+  released_quirks: bool = True        # AN-PGD: last midpoint, unclipped (docs/paper_notes.md 2.4)
+  # Perturbation memory (ATTA): training attacks start from each example's last perturbation.
+  perturbation_memory: bool = False  # (build() then defaults eps_iter_scale to 0.5 nb_iter)
+  perturbation_memory_bits: int = 16
+  perturbation_memory_limit_mb: int = _resumable(1024)
+  test_eps: float = 0.3
+  test_eps_iter: float = 0.01
+  test_nb_iter: Optional[int] = None          # None: nb_iter, as released
+  test_num_search_steps: Optional[int] = None  # None: num_search_steps, as released
+
+
+PARTS = {'data': DataConfig, 'network': ModelConfig, 'optimization': OptimizerConfig,
+         'loop': LoopConfig, 'attack': AttackConfig}
+
+
+# ------------------------------------------------------------------------------ objective settings
+def setting(default, help_text, *, role='', absent='does not take it', flag=None):
+  """A field of an objective's settings dataclass. help_text: its flag's help; under another
+  objective the flag is refused as '{role}, and --objective=X {absent}'; flag: 'radius' (read as
+  8/255) or a tuple of choices, else the default's type."""
+  return dataclasses.field(default=default, metadata=dict(help=help_text, role=role,
+                                                          absent=absent, flag=flag))
+
+
+@dataclasses.dataclass
+class NoSettings:
+  """The settings of an objective that declares none."""
+
+
+@dataclasses.dataclass
+class StandardSettings:
+  training_attack = False  # --perturbation_memory needs one
+
+
+@dataclasses.dataclass
+class AttackSettings:
+  """An objective that trains at an attack of PGD steps."""
+  eps_iter_scale: float = setting(
+      2.5, 'Training attack step = eps_iter_scale * eps / nb_iter (MMA, OMMA, PGD-AT, TRADES; '
+      'default 2.5, or 0.5 * nb_iter with --perturbation_memory).',
+      role="it scales the training attack's step",
+      absent='has no training attack (the validation step is --test_eps_iter)')
+
+
+@dataclasses.dataclass
+class MMASettings(AttackSettings):
+  clean_loss_coeff: float = setting(1.0 / 3, 'Weight of the clean CE (MMA 1/3, OMMA 0; MMA only).',
+                                    role='only MMA has a clean-loss term', absent='is not MMA')
+  attack_mineps: float = setting(0.1, 'AN-PGD initial eps0 and its floor (MMA/OMMA only).',
+                                 flag='radius', role="it is AN-PGD's starting radius",
+                                 absent='runs no AN-PGD')
+  search_bn_mode: str = setting(
+      'train', 'BN mode of the AN-PGD bisection forwards (released code: train; MMA/OMMA with a '
+      'BatchNorm model only).', flag=('train', 'eval'), role="it is the BN mode of AN-PGD's "
+      'search', absent='runs no AN-PGD search')
+
+  def check(self, config):
+    if self.attack_mineps > config.hinge_maxeps:
+      raise ValueError(f'--attack_mineps ({self.attack_mineps}) must not exceed --hinge_maxeps '
+                       f'(d_max, {config.hinge_maxeps}): AN-PGD starts at attack_mineps and '
+                       'searches up to 1.05 d_max.')
+    if not 0 <= self.clean_loss_coeff <= 1:
+      raise ValueError(f'--clean_loss_coeff must be in [0, 1]; got {self.clean_loss_coeff}.')
+    if self.search_bn_mode not in ('train', 'eval'):
+      raise ValueError(f"--search_bn_mode must be 'train' or 'eval'; got {self.search_bn_mode!r}.")
+
+
+@dataclasses.dataclass
+class OMMASettings(MMASettings):
+  clean_loss_coeff: float = dataclasses.field(
+      default=0.0, metadata=MMASettings.__dataclass_fields__['clean_loss_coeff'].metadata)
+
+  def check(self, config):
+    super().check(config)
+    if self.clean_loss_coeff != 0:
+      raise ValueError('OMMA is MMA without the clean loss: use --objective=omma with '
+                       '--clean_loss_coeff=0 (or leave the coefficient unset).')
+
+
+@dataclasses.dataclass
+class PGDSettings(AttackSettings):
+  pgd_eps: float = setting(0.3, 'PGD-AT / TRADES training radius (those objectives only).',
+                           flag='radius', role='it is the PGD-AT / TRADES training radius',
+                           absent='is neither (the validation radius is --test_eps)')
+
+
+@dataclasses.dataclass
+class TradesSettings(PGDSettings):
+  # Zhang et al.: 6, MNIST 1-6.
+  trades_beta: float = setting(6.0, 'TRADES: weight of the KL term (--objective=trades only).',
+                               role='it weighs the TRADES KL term', absent='is not trades')
+
+  def check(self, config):
+    if self.trades_beta < 0:
+      raise ValueError(f'--trades_beta must be >= 0; got {self.trades_beta}.')
+
+
+# Objective name -> its settings dataclass: the part of the objective registry
+# (mma_tf.objectives.register) that the CLI reads before TensorFlow starts.
+OBJECTIVE_SETTINGS = {'mma': MMASettings, 'omma': OMMASettings, 'pgd_at': PGDSettings,
+                      'trades': TradesSettings, 'standard': StandardSettings}
+
+
+def setting_owners(name):
+  """The objectives whose settings have a field `name`, with one of those fields."""
+  owners = {o: s.__dataclass_fields__[name] for o, s in OBJECTIVE_SETTINGS.items()
+            if name in s.__dataclass_fields__}
+  return list(owners), next(iter(owners.values()), None)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """A run's configuration in parts: the objective's own settings (`OBJECTIVE_SETTINGS`) and
+  `PARTS`. `config.name` reads the field `name` of whichever part holds it (the loop's view);
+  `TrainConfig.flat(**fields)` builds one from those names (the flags')."""
+  objective: str = 'mma'
+  settings: Any = dataclasses.field(default_factory=MMASettings)
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  network: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  optimization: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+  loop: LoopConfig = dataclasses.field(default_factory=LoopConfig)
+  attack: AttackConfig = dataclasses.field(default_factory=AttackConfig)
+
+  def __getattr__(self, name):  # only for names that are not attributes of the config itself
+    for key in ('settings', *PARTS):
+      part = self.__dict__.get(key)
+      if part is not None and name in getattr(part, '__dataclass_fields__', ()):
+        return getattr(part, name)
+    raise AttributeError(f'{type(self).__name__} (objective {self.__dict__.get("objective")!r}) '
+                         f'has no field {name!r}')
+
+  def fields(self):
+    """Flat name -> its dataclasses.Field in the part that holds it, the objective first."""
+    out = {'objective': self.__dataclass_fields__['objective']}
+    for part in [self.settings] + [getattr(self, key) for key in PARTS]:
+      out.update((f.name, f) for f in dataclasses.fields(part))
+    return out
+
+  @classmethod
+  def flat(cls, **fields):
+    """A TrainConfig from flat names, each routed to its part. ValueError for an unknown name, or
+    a setting of another objective than fields['objective'] (naming the objectives that own it)."""
+    objective = fields.pop('objective', cls.objective)
+    settings_class = OBJECTIVE_SETTINGS.get(objective, NoSettings)
+    part_fields = {key: {f.name for f in dataclasses.fields(part)} for key, part in PARTS.items()}
+    part_fields['settings'] = {f.name for f in dataclasses.fields(settings_class)}
+    routed = {key: {} for key in part_fields}
+    for name, value in fields.items():
+      key = next((k for k, names in part_fields.items() if name in names), None)
+      if key is None:
+        owners, field = setting_owners(name)
+        if not owners:
+          raise ValueError(f'Unknown configuration fields: {[name]}.')
+        role = field.metadata.get('role') or f'it is a setting of --objective={owners[0]}'
+        absent = field.metadata.get('absent', 'does not take it')
+        raise ValueError(f'--{name} has no effect here: {role}, and --objective={objective} '
+                         f'{absent}; drop it (it is a setting of --objective='
+                         f'{", ".join(owners)}).')
+      routed[key][name] = value
+    return cls(objective, settings_class(**routed.pop('settings')),
+               **{key: PARTS[key](**values) for key, values in routed.items()})
 
   @property
   def validation_nb_iter(self):
@@ -109,40 +272,35 @@ class TrainConfig:
     margin search uses it for every objective, so d_max matters for pgd_at / standard too."""
     return 1.05 * self.hinge_maxeps
 
-  def validate(self, num_replicas=1, objectives=OBJECTIVES):
-    """ValueError naming the flag to change; `objectives`: the names that exist (the trainer
-    adds objectives registered or passed in Python)."""
+  def validate(self, num_replicas=1, objectives=None):
+    """ValueError naming the flag to change; `objectives`: the names that exist (default: the
+    registry's; the trainer adds an objective passed in Python)."""
     def need(ok, message):
       if not ok:
         raise ValueError(message)
+    objectives = tuple(OBJECTIVE_SETTINGS) if objectives is None else tuple(objectives)
     need(self.norm in ('Linf', 'L2'), f"Unknown norm {self.norm!r}; choose 'Linf' or 'L2'.")
     need(self.objective in objectives,
-         f'Unknown objective {self.objective!r}; choose one of {tuple(objectives)}.')
+         f'Unknown objective {self.objective!r}; choose one of {objectives}.')
     model_source_kind(self.model)
-    need(self.trades_beta >= 0, f'--trades_beta must be >= 0; got {self.trades_beta}.')
     need(self.num_validation is None or self.num_validation >= 1,
          f'--num_validation must be >= 1 (validation picks the best checkpoint); got '
          f'{self.num_validation}.')
     need(len(self.input_range) == 2 and self.input_range[0] < self.input_range[1],
          f'--input_range must be two numbers lo,hi with lo < hi; got {self.input_range}.')
+    present = self.fields()
     for name in ('hinge_maxeps', 'attack_mineps', 'pgd_eps', 'test_eps', 'test_eps_iter',
                  'learning_rate', 'eps_iter_scale'):
-      need(getattr(self, name) > 0, f'--{name} must be > 0; got {getattr(self, name)}.')
+      need(name not in present or getattr(self, name) > 0,
+           f'--{name} must be > 0; got {getattr(self, name, None)}.')
     if self.norm == 'Linf':
       for name in ('hinge_maxeps', 'attack_mineps', 'pgd_eps', 'test_eps'):
-        need(getattr(self, name) <= 1, f'--{name}={getattr(self, name)} is beyond the [0, 1] '
-             'image box in Linf; radii are fractions of the pixel range for every dataset, '
-             'not pixel counts: write 8/255 (= 0.0314), not 8.')
-    need(self.objective not in MMA_OBJECTIVES or self.attack_mineps <= self.hinge_maxeps,
-         f'--attack_mineps ({self.attack_mineps}) must not exceed --hinge_maxeps (d_max, '
-         f'{self.hinge_maxeps}): AN-PGD starts at attack_mineps and searches up to 1.05 d_max.')
-    need(0 <= self.clean_loss_coeff <= 1,
-         f'--clean_loss_coeff must be in [0, 1]; got {self.clean_loss_coeff}.')
-    need(not (self.objective == 'omma' and self.clean_loss_coeff != 0),
-         'OMMA is MMA without the clean loss: use --objective=omma with --clean_loss_coeff=0 '
-         '(or leave the coefficient unset).')
-    need(self.search_bn_mode in ('train', 'eval'),
-         f"--search_bn_mode must be 'train' or 'eval'; got {self.search_bn_mode!r}.")
+        need(name not in present or getattr(self, name) <= 1,
+             f'--{name}={getattr(self, name, None)} is beyond the [0, 1] image box in Linf; radii '
+             'are fractions of the pixel range for every dataset, not pixel counts: write 8/255 '
+             '(= 0.0314), not 8.')
+    if hasattr(self.settings, 'check'):
+      self.settings.check(self)
     need(not self.sync_batchnorm or MODELS.get(self.model) is not False,
          f'--sync_batchnorm has no effect on --model={self.model}, which has no BatchNorm; '
          'drop the flag or use a WideResNet model.')
@@ -166,9 +324,9 @@ class TrainConfig:
          f'--lr_boundaries must be increasing steps >= 1; got {list(self.lr_boundaries)}.')
     need(self.perturbation_memory_bits in (16, 32),
          f'--perturbation_memory_bits must be 16 or 32; got {self.perturbation_memory_bits}.')
-    need(not (self.perturbation_memory and self.objective == 'standard'),
+    need(not self.perturbation_memory or getattr(self.settings, 'training_attack', True),
          '--perturbation_memory stores the training attack\'s perturbation, and '
-         '--objective=standard has no training attack; drop the flag.')
+         f'--objective={self.objective} has no training attack; drop the flag.')
     need(self.perturbation_memory_limit_mb >= 1,
          f'--perturbation_memory_limit_mb must be >= 1; got {self.perturbation_memory_limit_mb}.')
     need(self.mixed_precision in PRECISIONS,
@@ -184,8 +342,13 @@ class TrainConfig:
            f'--{name}={getattr(self, name)} is not divisible by the {num_replicas} replicas; '
            'use a multiple of the number of devices.')
 
+  def to_dict(self):
+    """The nested form config.json records: {'objective', 'settings', and one dict per part}."""
+    return json.loads(json.dumps(dataclasses.asdict(self)))
+
   def to_json(self):
-    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
 
 
 # The paper's four settings (docs/paper_notes.md section 4), plus the embedded offline default.
@@ -244,31 +407,13 @@ def preset_fields(dataset, norm):
   return dict(PRESETS.get((dataset, norm), CUSTOM_PRESETS[norm]))
 
 
-# Fields whose effect depends on the configuration: (field, does it act in config c, why not).
-# Every other field acts in every configuration: nb_iter, num_search_steps (and their test_
-# versions), released_quirks,
-# test_eps, test_eps_iter and hinge_maxeps (through the validation margin search, whose range is
-# 1.05 d_max) drive the validation monitor of every objective.
+# Fields whose effect depends on the rest of the configuration: (field, does it act in config c,
+# why not). An objective's settings act only under that objective (`TrainConfig.flat` refuses the
+# others); every other field acts in every configuration: the attack part drives the validation
+# monitor of every objective (its margin search spans 1.05 d_max).
 _EFFECT_RULES = (
-    ('clean_loss_coeff', lambda c: c.objective in MMA_OBJECTIVES,
-     lambda c: f'only MMA has a clean-loss term, and --objective={c.objective} is not MMA; '
-               'drop it'),
-    ('attack_mineps', lambda c: c.objective in MMA_OBJECTIVES,
-     lambda c: f"it is AN-PGD's starting radius, and --objective={c.objective} runs no AN-PGD; "
-               'drop it'),
-    ('search_bn_mode', lambda c: c.objective in MMA_OBJECTIVES and MODELS.get(c.model, True),
-     lambda c: (f'--objective={c.objective} runs no AN-PGD search; drop it'
-                if c.objective not in MMA_OBJECTIVES else
-                f'--model={c.model} has no BatchNorm, so both modes compute the same; drop it')),
-    ('pgd_eps', lambda c: c.objective in FIXED_RADIUS_OBJECTIVES,
-     lambda c: f'it is the PGD-AT / TRADES training radius, and --objective={c.objective} is '
-               'neither (the validation radius is --test_eps); drop it'),
-    ('trades_beta', lambda c: c.objective == 'trades',
-     lambda c: f'it weighs the TRADES KL term, and --objective={c.objective} is not trades; '
-               'drop it'),
-    ('eps_iter_scale', lambda c: c.objective != 'standard',
-     lambda c: 'it scales the training attack\'s step, and --objective=standard has no training '
-               'attack (the validation step is --test_eps_iter); drop it'),
+    ('search_bn_mode', lambda c: MODELS.get(c.model, True),
+     lambda c: f'--model={c.model} has no BatchNorm, so both modes compute the same; drop it'),
     ('learning_rate', lambda c: not c.lr_values,
      lambda c: f'the schedule --lr_values={",".join(f"{v:g}" for v in c.lr_values)} (at '
                f'--lr_boundaries={",".join(map(str, c.lr_boundaries))}) sets the rate; change '
@@ -294,22 +439,37 @@ def _json_value(value):
   return json.loads(json.dumps(value))
 
 
+def flat_record(record):
+  """A config.json record (or `TrainConfig.to_dict()`) with the configuration as flat names:
+  the nested form is flattened; a flat one (written before the parts existed) stays as it is."""
+  if 'config' in record:  # a run's record: the configuration, the data's and model's identity
+    return dict(flat_record(record['config']),
+                **{k: v for k, v in record.items() if k != 'config'})
+  if 'settings' not in record:
+    return dict(record)
+  out = {}
+  for key, value in record.items():
+    out.update(value if isinstance(value, dict) else {key: value})
+  return out
+
+
 def resume_conflicts(saved, config):
-  """How `config` differs from a run's saved config.json (a dict), as one message per field.
+  """How `config` differs from a run's saved config.json (a dict, nested or flat), as one message
+  per field.
 
   Resumable fields (train_steps, cadence, speed switches) may differ. A field missing from
   `saved` was added by a later version; the run behaved as its dataclass default, so it resumes
   if `config` keeps that default, and is refused (naming the field) otherwise.
   """
-  mine = json.loads(config.to_json())
+  saved = flat_record(saved)
   out = []
-  for field in dataclasses.fields(config):
-    name = field.name
+  for name, field in sorted(config.fields().items()):
     if field.metadata.get('resumable'):
       continue
+    mine = _json_value(getattr(config, name))
     if name in saved:
-      if saved[name] != mine[name]:
-        out.append(f'{name}: saved {saved[name]!r}, now {mine[name]!r}')
+      if saved[name] != mine:
+        out.append(f'{name}: saved {saved[name]!r}, now {mine!r}')
       continue
     if field.default is not dataclasses.MISSING:
       default = _json_value(field.default)
@@ -317,9 +477,9 @@ def resume_conflicts(saved, config):
       default = _json_value(field.default_factory())
     else:
       default = dataclasses.MISSING
-    if default != mine[name]:
+    if default != mine:
       out.append(f'{name}: not in the saved config.json (written before the field existed, '
-                 f'so the run used {default!r}), now {mine[name]!r}')
+                 f'so the run used {default!r}), now {mine!r}')
   return out
 
 
@@ -338,23 +498,27 @@ def resolve(dataset='mnist_5k', norm='Linf', overrides: Optional[dict] = None):
 
 
 def build(fields, overrides: Optional[dict] = None):
-  """A TrainConfig from `fields` (missing ones at the dataclass defaults) with `overrides` (None
-  values ignored) applied, refusing overrides that do nothing (see `resolve`)."""
-  fields = dict(fields)
+  """A TrainConfig from flat `fields` (missing ones at the dataclass defaults) with `overrides`
+  (None values ignored) applied, refusing overrides that do nothing (see `resolve`). A preset's
+  settings of other objectives than the chosen one are dropped; given ones are refused."""
   overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-  unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
+  known = set(TrainConfig().fields()).union(*(s.__dataclass_fields__
+                                              for s in OBJECTIVE_SETTINGS.values()))
+  unknown = set(overrides) - known
   if unknown:
     raise ValueError(f'Unknown configuration fields: {sorted(unknown)}.')
-  fields.update(overrides)
-  if fields.get('objective') == 'omma' and 'clean_loss_coeff' not in overrides:
-    fields['clean_loss_coeff'] = 0.0
-  if fields.get('perturbation_memory') and 'eps_iter_scale' not in overrides:
+  fields = dict(fields, **overrides)
+  settings = OBJECTIVE_SETTINGS.get(fields.get('objective', TrainConfig.objective), NoSettings)
+  fields = {k: v for k, v in fields.items()
+            if k in overrides or k in settings.__dataclass_fields__ or not setting_owners(k)[0]}
+  if (fields.get('perturbation_memory') and 'eps_iter_scale' in settings.__dataclass_fields__
+      and 'eps_iter_scale' not in overrides):
     # Warm starts want small steps: 0.5 eps per iteration measured best (docs/RESULTS.md,
     # "Cheaper robustness"); the released 2.5 eps / nb_iter throws the stored start away.
-    fields['eps_iter_scale'] = 0.5 * fields.get('nb_iter', TrainConfig.nb_iter)
+    fields['eps_iter_scale'] = 0.5 * fields.get('nb_iter', AttackConfig.nb_iter)
   for name in ('lr_boundaries', 'lr_values', 'input_range'):
     if name in fields:
       fields[name] = tuple(fields[name])
-  config = TrainConfig(**fields)
+  config = TrainConfig.flat(**fields)
   check_overrides_take_effect(config, set(overrides))
   return config

@@ -7,9 +7,10 @@
             callbacks=[keras.callbacks.BackupAndRestore('backup/')])
   base.export('export/')                       # or model.export(...): logits from [0, 1] images
 
-Settings are the `TrainConfig` fields (same names and defaults) that say what a step computes;
-the ones Keras owns are set the Keras way (`_KERAS_OWNS`). `train_step` runs `step.ReplicaStep`,
-the Trainer's step: on the same batch, weights and memories both give the same result.
+Settings are the `TrainConfig` fields (same names and defaults as the CLI's flags, the objective's
+own settings included) that say what a step computes; the ones Keras owns are set the Keras way
+(`_KERAS_OWNS`). `train_step` runs `step.ReplicaStep`, the Trainer's step: on the same batch,
+weights and memories both give the same result.
 
 The example index. The eps memory (and the perturbation memory) keep one row per training
 example, keyed by its index; the wrapper attaches it, and it travels with the example:
@@ -70,8 +71,13 @@ _KERAS_OWNS = {
     'jit_compile': 'compile(jit_compile=...)',
     'deterministic': 'tf.config.experimental.enable_op_determinism()',
 }
-SETTINGS = {f.name: f.default for f in dataclasses.fields(configs.TrainConfig)
-            if f.name not in _KERAS_OWNS}
+# The settings of every part and built-in objective (an objective's own settings: its dataclass's
+# defaults; one you register adds its own).
+SETTINGS = {}
+for _settings in configs.OBJECTIVE_SETTINGS.values():  # mma first: clean_loss_coeff 1/3
+  for _name, _field in configs.TrainConfig(settings=_settings()).fields().items():
+    if _name not in _KERAS_OWNS:
+      SETTINGS.setdefault(_name, _field.default)
 
 
 def _python_terms(message):
@@ -86,7 +92,7 @@ def _settings_config(settings, jit_compile=False):
     if name in _KERAS_OWNS:
       raise ValueError(f'{name} is not a setting of AdversarialModel: set it with '
                        f'{_KERAS_OWNS[name]}.')
-    if name not in SETTINGS:
+    if name not in SETTINGS and not configs.setting_owners(name)[0]:
       raise ValueError(f'Unknown setting {name!r}; AdversarialModel takes {sorted(SETTINGS)}.')
   try:
     config = configs.build({'jit_compile': jit_compile}, settings)
@@ -197,7 +203,8 @@ class AdversarialModel(keras.Model):
   """`base` (a keras.Model from [0, 1] images to logits) trained by an objective of the registry
   (mma, omma, pgd_at, trades, standard, or one you registered) with compile() and fit().
 
-  settings: TrainConfig fields (`SETTINGS`: names and defaults of TrainConfig / the CLI flags),
+  settings: TrainConfig fields (`SETTINGS`: names and defaults of TrainConfig / the CLI flags, and
+    the settings of an objective you registered),
     checked here as the CLI checks its flags.
   num_examples: rows of the memories (default: the first fit()'s training examples); with
     image_shape (default: the base model's input shape) the memories exist at once, so weights

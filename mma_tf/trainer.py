@@ -103,11 +103,13 @@ class Trainer:
     self.strategy = strategy or tf.distribute.get_strategy()
     # config.json names what is really trained: your data source, Python model and objective.
     if data is not None:
-      config = dataclasses.replace(config, dataset=data.name)
+      config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=data.name))
     if model is not None:
-      config = dataclasses.replace(config, model=f'python:{_python_name(model)}')
-    if objective is not None:
-      config = dataclasses.replace(config, objective=objective.name)
+      config = dataclasses.replace(config, network=dataclasses.replace(
+          config.network, model=f'python:{_python_name(model)}'))
+    if objective is not None:  # with the settings it reads
+      config = dataclasses.replace(config, objective=objective.name,
+                                   settings=objective.config.settings)
     known = tuple(objectives_lib.OBJECTIVES) + ((objective.name,) if objective else ())
     config.validate(self.strategy.num_replicas_in_sync, objectives=known)
     self.config = config
@@ -144,11 +146,10 @@ class Trainer:
 
   # ------------------------------------------------------------------------------ model dir
   def _run_record(self):
-    """config.json: the configuration plus what identifies the data and the model's source."""
-    record = json.loads(self.config.to_json())
-    record['data'] = self.task.data.identity()
-    record['model_source'] = user_models.model_identity(self.config.model)
-    return record
+    """config.json: the configuration (nested, key 'config'; runs of earlier versions wrote it
+    flat, configs.flat_record) plus what identifies the data and the model's source."""
+    return {'config': self.config.to_dict(), 'data': self.task.data.identity(),
+            'model_source': user_models.model_identity(self.config.model)}
 
   def _check_model_dir(self):
     try:

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 import in_process
 from helpers import tiny_config, tiny_data
+from mma_tf import configs
 from mma_tf import export as export_lib
 from mma_tf import models
 from mma_tf import trainer as trainer_lib
@@ -138,7 +139,7 @@ def test_training_raises_the_margin_and_exports_a_differentiable_savedmodel(data
   assert summary['best_step'] > 0 and summary['best_val_margin'] == pytest.approx(
       max(summary['best_val_margin'], after['avg_margin']))
   with open(os.path.join(model_dir, 'config.json')) as f:
-    assert json.load(f)['hinge_maxeps'] == config.hinge_maxeps
+    assert configs.flat_record(json.load(f))['hinge_maxeps'] == config.hinge_maxeps
   # The export is the best checkpoint; it reloads with the same logits and input gradients.
   predict, spec = export_lib.load_classifier(os.path.join(model_dir, 'export'))
   assert tuple(spec.shape[1:]) == (28, 28, 1)

@@ -70,7 +70,7 @@ def test_user_model_trains_exports_and_reloads_with_input_gradients(factory, sou
   np.testing.assert_allclose(predict(tf.constant(x)), best(x, training=False), atol=1e-5)
   assert np.abs(_input_gradient(predict, x, y)).sum() > 0
   with open(os.path.join(model_dir, 'config.json')) as f:
-    record = json.load(f)
+    record = configs.flat_record(json.load(f))
   assert record['model'] == spec and record['data']['num_train_total'] == 200
   assert ('keras_file_sha256' in record['model_source']) == (source == 'keras_file')
 

@@ -19,6 +19,7 @@ import sys
 
 from absl import app, flags
 
+from mma_tf import configs
 from mma_tf import data as data_lib
 from mma_tf import setting_names
 from mma_tf.cli import common
@@ -90,7 +91,7 @@ def _recorded_validation(saved_model, dataset):
     return None
   try:
     with open(path) as f:
-      record = json.load(f)
+      record = configs.flat_record(json.load(f))
   except (OSError, ValueError) as e:
     raise ValueError(f'{path} is unreadable ({e}); restore it, or pass --num_validation and '
                      'evaluate a copy of the export without it.') from e

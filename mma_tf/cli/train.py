@@ -11,6 +11,7 @@ resulting configuration is an error. Radii are fractions of the [0, 1] pixel ran
 dataset, written as numbers or fractions (8/255). Re-running the same command with the same
 --model_dir resumes. Flags are checked before TensorFlow starts.
 """
+import dataclasses
 import os
 import re
 import sys
@@ -29,7 +30,7 @@ flags.DEFINE_string('dataset', 'mnist_5k',
                     'with x_train, y_train[, x_test, y_test] (uint8 0-255 or float in [0, 1]). '
                     'Data other than the paper\'s gets generic settings (configs.CUSTOM_PRESETS).')
 flags.DEFINE_enum('norm', 'Linf', ['Linf', 'L2'], 'Perturbation norm (training and validation).')
-flags.DEFINE_enum('objective', 'mma', list(configs.OBJECTIVES),
+flags.DEFINE_enum('objective', 'mma', list(configs.OBJECTIVE_SETTINGS),
                   'mma, omma (MMA without the clean loss), pgd_at (Madry), trades (Zhang et '
                   'al.), standard.')
 flags.DEFINE_string('model_dir', None, 'Where checkpoints, summaries, config and export go '
@@ -56,24 +57,14 @@ _FIELDS = {
                     'the export stay in [0, 1]. Default 0,1.'),
     'hinge_maxeps': (common.define_radius, 'd_max: MMA maximises margins up to this radius. For '
                      'every objective, the validation margin search spans 1.05 d_max.'),
-    'clean_loss_coeff': (flags.DEFINE_float, 'Weight of the clean CE (MMA 1/3, OMMA 0; MMA only).'),
-    'attack_mineps': (common.define_radius, 'AN-PGD initial eps0 and its floor (MMA/OMMA only).'),
     'nb_iter': (flags.DEFINE_integer, 'PGD iterations in AN-PGD, PGD-AT, TRADES and (unless '
                 '--test_nb_iter) validation.'),
-    'eps_iter_scale': (flags.DEFINE_float, 'Training attack step = eps_iter_scale * eps / nb_iter '
-                       '(MMA, OMMA, PGD-AT, TRADES; default 2.5, or 0.5 * nb_iter with '
-                       '--perturbation_memory).'),
     'num_search_steps': (flags.DEFINE_integer, 'Bisection steps of AN-PGD (training and, unless '
                          '--test_num_search_steps, validation).'),
-    'search_bn_mode': (flags.DEFINE_enum, ['train', 'eval'],
-                       'BN mode of the AN-PGD bisection forwards (released code: train; MMA/OMMA '
-                       'with a BatchNorm model only).'),
     'sync_batchnorm': (flags.DEFINE_bool, 'BatchNorm statistics over the global batch (all '
                        'replicas) instead of per replica (released code: per replica).'),
     'released_quirks': (flags.DEFINE_bool, "AN-PGD as released: last midpoint, x+eps*u "
                         'unclipped. False: smallest successful scale, clipped.'),
-    'pgd_eps': (common.define_radius, 'PGD-AT / TRADES training radius (those objectives only).'),
-    'trades_beta': (flags.DEFINE_float, 'TRADES: weight of the KL term (--objective=trades only).'),
     'perturbation_memory': (flags.DEFINE_bool, 'Start every training attack (MMA, OMMA, PGD-AT, '
                             'TRADES) from the example\'s perturbation of its previous step, '
                             'projected onto the current ball, instead of a random start (ATTA, '
@@ -117,6 +108,23 @@ _FIELDS = {
                         'and the export stay float32.'),
     'deterministic': (flags.DEFINE_bool, 'Enable TF op determinism (exact resume; slower).'),
 }
+
+
+def _setting_flag(field):
+  """The definer and help of an objective setting's flag (configs.setting)."""
+  kind = field.metadata.get('flag')
+  if kind == 'radius':
+    return common.define_radius, field.metadata['help']
+  if isinstance(kind, tuple):
+    return flags.DEFINE_enum, kind, field.metadata['help']
+  define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float}
+  return define.get(type(field.default), flags.DEFINE_string), field.metadata.get('help', '')
+
+
+# The objectives' own settings, from the registry: under another objective one is refused.
+for _settings in configs.OBJECTIVE_SETTINGS.values():
+  for _field in dataclasses.fields(_settings):
+    _FIELDS.setdefault(_field.name, _setting_flag(_field))
 for _name, (_define, *_rest) in _FIELDS.items():
   if _define is flags.DEFINE_enum:
     _define(_name, None, _rest[0], _rest[1])

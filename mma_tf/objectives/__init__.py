@@ -14,13 +14,16 @@ its previous step (known = it has one), to start the training attack from; the o
 `perturbation` is what to remember, written for the examples in `perturbation_mask` (all if None).
 
 A new objective is one file: subclass `Objective`, decorate it with `@register`, and import the
-module (or pass an instance to `Trainer(objective=...)`).
+module (or pass an instance to `Trainer(objective=...)`). Its own hyperparameters are a dataclass
+named by the class attribute `settings` (see `configs.MMASettings`); `configs.resolve` and the
+Trainer then take them by name, and `self.config.<name>` reads them.
 """
 import dataclasses
 from typing import Dict, Optional
 
 import tensorflow as tf
 
+from mma_tf import configs
 from mma_tf import precision
 from mma_tf.evaluation.common import is_correct
 
@@ -40,6 +43,7 @@ class Objective:
   """Base class. Class attributes declare what the trainer needs to know:
 
   name: the registry name (config.objective).
+  settings: the dataclass of its own settings (config.settings; fields read as config.<name>).
   uses_eps_memory: the per-example eps table is read (eps0) and rewritten from `eps`.
   selection_metric: the validation metric (of `Trainer.evaluate`: clean_acc, pgd_acc,
     avg_margin) whose maximum picks the best checkpoint, the one exported.
@@ -47,6 +51,7 @@ class Objective:
     (the call takes `warm_start`, the output carries `perturbation`).
   """
   name = None
+  settings = configs.NoSettings
   uses_eps_memory = False
   supports_perturbation_memory = False
   selection_metric = 'avg_margin'
@@ -77,10 +82,14 @@ class Objective:
 
 
 def register(cls):
-  """Class decorator: makes the objective available as config.objective = cls.name."""
+  """Class decorator: makes the objective available as config.objective = cls.name, with its
+  settings dataclass (`cls.settings`) in configs.OBJECTIVE_SETTINGS, which the CLI reads."""
   if not cls.name:
     raise ValueError(f'{cls.__name__} needs a class attribute `name`.')
+  if not dataclasses.is_dataclass(cls.settings):
+    raise ValueError(f'{cls.__name__}.settings must be a dataclass; got {cls.settings!r}.')
   OBJECTIVES[cls.name] = cls
+  configs.OBJECTIVE_SETTINGS[cls.name] = cls.settings
   return cls
 
 

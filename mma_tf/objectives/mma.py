@@ -1,7 +1,7 @@
 """MMA and OMMA: the margin-maximising loss of Ding et al. at AN-PGD's shortest perturbation."""
 import tensorflow as tf
 
-from mma_tf import losses
+from mma_tf import configs, losses
 from mma_tf.attacks import anpgd
 from mma_tf.objectives import Objective, ObjectiveOutput, compiled, correct, register
 
@@ -25,6 +25,7 @@ class MMA(Objective):
   statistics are per replica unless the model is built with sync_batchnorm.
   """
   name = 'mma'
+  settings = configs.MMASettings
   uses_eps_memory = True
   supports_perturbation_memory = True
 
@@ -70,3 +71,4 @@ class MMA(Objective):
 class OMMA(MMA):
   """MMA without the clean loss: the configuration sets clean_loss_coeff = 0."""
   name = 'omma'
+  settings = configs.OMMASettings

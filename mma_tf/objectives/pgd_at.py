@@ -1,5 +1,5 @@
 """PGD adversarial training (Madry et al.), the baseline the MMA paper compares with."""
-from mma_tf import losses
+from mma_tf import configs, losses
 from mma_tf.attacks import pgd
 from mma_tf.objectives import Objective, ObjectiveOutput, compiled, correct, register
 
@@ -10,6 +10,7 @@ class PGDAdversarial(Objective):
   eps_iter_scale * eps / nb_iter, random start). Best checkpoint by the validation average
   margin, as for MMA, so the paper's comparisons select both the same way."""
   name = 'pgd_at'
+  settings = configs.PGDSettings
   supports_perturbation_memory = True
 
   def __call__(self, model, x, y, eps0, seeds, stop_recording, warm_start=None):

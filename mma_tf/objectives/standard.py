@@ -1,11 +1,12 @@
 """Standard training: cross-entropy on clean images."""
-from mma_tf import losses
+from mma_tf import configs, losses
 from mma_tf.objectives import Objective, ObjectiveOutput, correct, register
 
 
 @register
 class Standard(Objective):
   name = 'standard'
+  settings = configs.StandardSettings
 
   def __call__(self, model, x, y, eps0, seeds, stop_recording):
     logits = self.logits(model, x, True)

@@ -14,7 +14,7 @@ reference's SGD on delta with renorm. With pgd_eps 0.3, 40 steps, step 0.01 and 
 """
 import tensorflow as tf
 
-from mma_tf import losses, norms
+from mma_tf import configs, losses, norms
 from mma_tf.attacks import pgd
 from mma_tf.objectives import Objective, ObjectiveOutput, compiled, correct, register
 
@@ -42,6 +42,7 @@ def trades_attack(predict, x, y, eps, *, norm, nb_iter, rel_step_size, seed, war
 @register
 class Trades(Objective):
   name = 'trades'
+  settings = configs.TradesSettings
   supports_perturbation_memory = True
 
   def __call__(self, model, x, y, eps0, seeds, stop_recording, warm_start=None):
