@@ -7,8 +7,9 @@ points still robust (adapted, and then called AutoAttack-like, for models with f
 classes). --protocol=rand runs AutoAttack's version for models with randomness at inference (APGD
 with EOT); --protocol=paper the MMA paper's PGD restarts (half cross-entropy, half CW, optional
 transfer from --source_saved_model); --protocol=fast a cheaper protocol meant to reach AutoAttack's
-verdict (not standard AutoAttack: MALT-ranked APGD-T, short Square); --protocol=all AutoAttack, the
-paper's and fast on the same points, and a list (autoattack,fast) the ones named.
+verdict (not standard AutoAttack: APGD-T and FAB-T toward MALT's nearest classes, a short Square);
+--protocol=all AutoAttack, the paper's and fast on the same points, and a list (autoattack,fast)
+the ones named.
 Also margin estimates and gradient-masking checks. Writes results.json, results.md,
 per_example.npz and PNG plots to --output_dir. --split=validation takes the training run's
 validation split from its config.json next to the export, when there is one.
