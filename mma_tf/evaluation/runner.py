@@ -155,8 +155,8 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
                    | (x_adv[claimed].max(axis=axes) > CLIP_MAX))
         if outside.any():
           raise RuntimeError(f'{attack.name} returned {int(outside.sum())} point(s) outside the '
-                             f'{attack.norm} ball of radius {eps:g} or [{CLIP_MIN:g}, {CLIP_MAX:g}] (largest norm '
-                             f'{d.max():.6g}): a bug in the attack.')
+                             f'{attack.norm} ball of radius {eps:g} or [{CLIP_MIN:g}, '
+                             f'{CLIP_MAX:g}] (largest norm {d.max():.6g}): a bug in the attack.')
         hit = todo[success]
         robust[hit] = False
         broken_by[hit] = a_i
