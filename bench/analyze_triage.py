@@ -22,7 +22,7 @@ import tensorflow as tf  # noqa: E402
 
 from mma_tf import data as data_lib  # noqa: E402
 from mma_tf import export  # noqa: E402
-from mma_tf.attacks.apgd import apgd  # noqa: E402
+from mma_tf.attacks import apgd  # noqa: E402
 from mma_tf.evaluation.common import stream_example_seeds  # noqa: E402
 
 flags.DEFINE_string('saved_model', None, 'The SavedModel.')

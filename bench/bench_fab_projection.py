@@ -21,7 +21,7 @@ import tensorflow as tf  # noqa: E402
 from mma_tf import data as data_lib  # noqa: E402
 from mma_tf import export, losses  # noqa: E402
 from mma_tf.attacks import input_gradient  # noqa: E402
-from mma_tf.attacks.fab import project_onto_hyperplane_in_box  # noqa: E402
+from mma_tf.attacks.fab_attack import project_onto_hyperplane_in_box  # noqa: E402
 from mma_tf.models import lenet5_madry  # noqa: E402
 
 flags.DEFINE_string('saved_model', None, 'An MNIST SavedModel (default: untrained LeNet5Madry).')

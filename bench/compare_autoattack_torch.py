@@ -1,10 +1,9 @@
 """Our TF AutoAttack against the reference PyTorch AutoAttack (fra31/auto-attack): speed and parity.
 
-Run OUTSIDE CI, in a virtualenv that has torch and mma_tf (never /work/venv; see
-bench/README_autoattack_torch.md):
-  python bench/compare_autoattack_torch.py --saved_model=DIR \
-      --autoattack_path=/work/autoattack_ref [--num_examples=200] [--eps=0.3] [--norm=Linf] \
-      [--batch_size=100] [--threads=N]
+Run OUTSIDE CI, in a virtualenv of its own that has torch and mma_tf (never the project's; see
+bench/README_autoattack_torch.md, which lists the flags):
+  python bench/compare_autoattack_torch.py --saved_model=DIR --autoattack_path=DIR \
+      [--num_examples=200] [--eps=0.3] [--norm=Linf] [--batch_size=100] [--threads=N]
 
 On the first N test digits of the embedded mnist_5k split it
 1. copies the SavedModel's LeNet5Madry weights into the same network written in PyTorch and aborts
@@ -30,8 +29,9 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 flags.DEFINE_string('saved_model', None, 'mma_tf export of LeNet5Madry (28x28x1 -> 10 logits).')
-flags.DEFINE_string('autoattack_path', '/work/autoattack_ref',
-                    'Directory holding the reference package `autoattack` (fra31/auto-attack).')
+flags.DEFINE_string('autoattack_path', None,
+                    'A checkout of fra31/auto-attack: the directory holding its package '
+                    '`autoattack`. Needed by --part=all and --part=torch.')
 flags.DEFINE_integer('num_examples', 200, 'First N digits of the mnist_5k test split.')
 flags.DEFINE_float('eps', 0.3, 'Radius (inputs in [0, 1]).')
 flags.DEFINE_enum('norm', 'Linf', ['Linf', 'L2'], 'Threat model.')
@@ -388,7 +388,7 @@ def print_table(ref, ours):
 
 def _child(part, out_dir):
   args = [sys.executable, os.path.abspath(__file__), f'--part={part}', f'--out_dir={out_dir}',
-          f'--saved_model={FLAGS.saved_model}', f'--autoattack_path={FLAGS.autoattack_path}',
+          f'--saved_model={FLAGS.saved_model}', f'--autoattack_path={FLAGS.autoattack_path or ""}',
           f'--num_examples={FLAGS.num_examples}', f'--eps={FLAGS.eps!r}', f'--norm={FLAGS.norm}',
           f'--batch_size={FLAGS.batch_size}', f'--threads={FLAGS.threads}',
           f'--tf_warm={FLAGS.tf_warm}']
@@ -402,6 +402,9 @@ def main(argv):
   del argv
   if FLAGS.part != 'table' and not FLAGS.saved_model:
     raise app.UsageError('Give --saved_model=DIR (an mma_tf LeNet5Madry export).')
+  if FLAGS.part in ('all', 'torch') and not FLAGS.autoattack_path:
+    raise app.UsageError('Give --autoattack_path=DIR, a checkout of fra31/auto-attack (the '
+                         'directory holding its package `autoattack`).')
   out_dir = FLAGS.out_dir or tempfile.mkdtemp(prefix='compare_autoattack_')
   os.makedirs(out_dir, exist_ok=True)
   if FLAGS.part == 'all':

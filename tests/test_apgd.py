@@ -1,18 +1,16 @@
 """APGD / APGD-T: schedule, DLR losses, parity with a NumPy transcription of the reference loop,
 analytic margins of linear models, invariants, graph modes, replicas and bad input."""
-import importlib
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from helpers import DIM, IMAGE_SHAPE, LinearProblem
 from mma_tf import losses, norms
-from mma_tf.attacks.apgd import apgd, apgd_checkpoints, apgd_schedule, apgd_targeted
-from mma_tf.attacks.pgd import example_seeds
+from mma_tf.attacks import apgd_attack as apgd_lib
+from mma_tf.attacks.apgd_attack import apgd, apgd_checkpoints, apgd_schedule, apgd_targeted
+from mma_tf.attacks.common import example_seeds
 
 # The module itself (the package exports the function `apgd` under the same name).
-apgd_lib = importlib.import_module('mma_tf.attacks.apgd')
 NORMS = ['Linf', 'L2']
 
 

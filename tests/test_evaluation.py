@@ -15,6 +15,7 @@ import in_process
 from helpers import LinearProblem, small_cnn_predict
 from mma_tf import data as data_lib
 from mma_tf import evaluation, export
+from mma_tf.evaluation import sanity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -105,6 +106,21 @@ def test_transfer_sources_with_the_same_name_are_not_confused():
   assert robust(good) == {f'{eps:g}': np.mean(p.margin > eps)}
   fresh = robust(bad, runner=evaluation.Runner(config.batch_size))
   assert robust(bad) == fresh == {f'{eps:g}': 1.0}  # gradients pointing away from the boundary
+
+
+def test_noise_check_draws_its_own_count_whatever_the_paper_restarts(monkeypatch):
+  """The noise check's draw count is its own (sanity.NOISE_DRAWS), not the paper protocol's
+  nb_restart: changing the restarts leaves the noise check as it is."""
+  p, masked, eps = _masked_linear()
+  draws, noise_fn = [], sanity.noise_fn
+  monkeypatch.setattr(sanity, 'noise_fn', lambda *args: draws.append(args[-1]) or noise_fn(*args))
+  noise_acc = []
+  for nb_restart in (1, 10):
+    config = evaluation.EvalConfig(eps=(eps,), protocol='paper', nb_iter=1, nb_restart=nb_restart,
+                                   batch_size=12, margin_estimates=())
+    noise_acc.append(evaluation.evaluate(masked, p.x, p.y, config)[0]['sanity']['random_noise_acc'])
+  assert draws == [sanity.NOISE_DRAWS] * 2
+  assert noise_acc[0] == noise_acc[1]
 
 
 def test_masked_gradients_and_probabilities_trigger_warnings(tmp_path, rng):

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from helpers import DIM, IMAGE_SHAPE, LinearProblem, MulticlassAffine, dual_norm, small_cnn_predict
 from mma_tf import norms
-from mma_tf.attacks.fab import fab, fab_targeted, project_onto_hyperplane_in_box
+from mma_tf.attacks.fab_attack import fab, fab_targeted, project_onto_hyperplane_in_box
 
 NORMS = ['Linf', 'L2']
 

@@ -16,7 +16,7 @@ passes (vectorised by `batch_jacobian`).
 import tensorflow as tf
 
 from mma_tf import norms as norms_lib
-from mma_tf.attacks.pgd import pgd
+from mma_tf.attacks.pgd_attack import pgd
 
 _TINY = 1e-12
 

@@ -2,17 +2,17 @@
 APGD-T and the MMA paper's PGD restarts.
 
 Each entry only maps (stage -> call of the attack function); the algorithms live in their own
-modules (`apgd.py`, `fab.py`, `square.py`, `pgd.py`).
+modules (`apgd_attack.py`, `fab_attack.py`, `square_attack.py`, `pgd_attack.py`).
 """
 import dataclasses
 
 import tensorflow as tf
 
-from mma_tf.attacks.apgd import apgd
-from mma_tf.attacks.fab import fab
+from mma_tf.attacks.apgd_attack import apgd
+from mma_tf.attacks.fab_attack import fab
 from mma_tf.attacks.malt import logit_order, malt_order, probe
-from mma_tf.attacks.pgd import pgd
-from mma_tf.attacks.square import square
+from mma_tf.attacks.pgd_attack import pgd
+from mma_tf.attacks.square_attack import square
 from mma_tf.attacks.registry import Attack, register
 
 

@@ -102,13 +102,9 @@ def _key_of(value):
 
 
 def get_attack(name, norm, **params):
-  """An attack instance by registry name, with hyperparameters overriding its defaults."""
-  _load_builtin_attacks()
+  """An attack instance by registry name, with hyperparameters overriding its defaults. The
+  built-in attacks are registered by `protocol_attacks`, which the package imports."""
   if name not in ATTACKS:
     raise ValueError(f'Unknown attack {name!r}; choose from {", ".join(sorted(ATTACKS))}.')
   return ATTACKS[name](norm=norm, **params)
 
-
-def _load_builtin_attacks():
-  # Importing the modules registers their attacks.
-  from mma_tf.attacks import protocol_attacks  # noqa: F401

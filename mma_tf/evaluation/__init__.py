@@ -15,6 +15,7 @@ import tensorflow as tf
 from mma_tf.attacks import check_attack_inputs
 from mma_tf.attacks.protocol_attacks import Transfer
 from mma_tf.evaluation import fast, margins, sanity
+from mma_tf.evaluation import results as results_lib
 from mma_tf.evaluation.common import is_correct
 from mma_tf.evaluation.protocols import (AUTOATTACK, DEFAULT_EPS, PAPER, PROTOCOLS, RAND,
                                          EvalConfig, default_eps, default_rel_step,
@@ -80,12 +81,96 @@ def _attacks_for(config, num_classes, source_predict):
   return protocols, changes
 
 
-def _quartiles(v):
-  v = np.asarray(v, np.float64)
-  if v.size == 0:
-    return {}
-  q = np.percentile(v, [25, 50, 75])
-  return {'mean': float(v.mean()), 'q25': float(q[0]), 'median': float(q[1]), 'q75': float(q[2])}
+def _checked_inputs(predict, images, labels, config):
+  """(images float32, labels int32, number of classes), or a ValueError naming what is wrong."""
+  images = np.asarray(images, np.float32)
+  labels = np.asarray(labels, np.int32)
+  config.validate(images.shape[1:])
+  check_attack_inputs(images, labels, max(config.eps))
+  num_classes = num_classes_of(predict, images)
+  if np.any((labels < 0) | (labels >= num_classes)):
+    raise ValueError(f'Labels must lie in [0, {num_classes}) for this {num_classes}-class model.')
+  return images, labels, num_classes
+
+
+def _log_changes(changes, log):
+  for p, notes in changes.items():
+    if notes:
+      log(f'{p}: {protocol_label(p, notes)}:' + ''.join(f'\n    - {n}' for n in notes))
+
+
+def _clean_pass(runner, predict, images, labels):
+  """bool [N]: correctly classified at the clean image."""
+  return runner.map('clean', lambda x, y: (is_correct(predict(x), y),), [images, labels],
+                    np.arange(len(labels)))[0].astype(bool)
+
+
+def _margin_estimates(runner, predict, images, labels, clean, config, log):
+  """{estimate name: margin [N]} on the clean-correct points (0 on the others)."""
+  n = len(labels)
+  index = np.arange(n, dtype=np.int32)
+  margin_values = {}
+  for name in config.margin_estimates:
+    t = time.perf_counter()
+    correct = np.nonzero(clean)[0]
+    values = np.zeros(n, np.float32)
+    if correct.size:
+      values[correct] = runner.map(('margin', name), margins.estimator(name, predict, config),
+                                   [images, labels, index], correct)[0]
+    margin_values[name] = values
+    log(f'margin {name}: mean {values.mean():.4f} ({time.perf_counter() - t:.1f} s)')
+  return margin_values
+
+
+def _run_protocol(p, attacks, record, runner, predict, images, labels, eps, clean, config,
+                  num_classes, checks, log):
+  """Runs one protocol's attacks at radius eps on the clean-correct points; adds the outcome to
+  its record."""
+  index = np.arange(len(labels), dtype=np.int32)
+  key = results_lib.eps_key(eps)
+  if p == 'fast':
+    out = fast.run_fast(runner, predict, attacks, images, labels, index, eps, clean,
+                        config.seed, num_classes, config.square_queries,
+                        fast.masking_signs(checks), log)
+    record.setdefault('square_queries', {})[key] = out['square_queries']
+    record.setdefault('square_reason', {})[key] = out['square_reason']
+  else:
+    out = run_attacks(runner, predict, attacks, images, labels, index, eps, clean,
+                      config.seed, num_classes, log)
+  results_lib.add_eps(record, key, out)
+
+
+def _noise_correct(runner, noise_fn, images, labels, eps, clean):
+  """bool [N]: clean-correct and still correct under every random draw of the noise check."""
+  n = len(labels)
+  index = np.arange(n, dtype=np.int32)
+  eps_vec = np.full(n, eps, np.float32)
+  return runner.map('noise', noise_fn, [images, labels, index, eps_vec],
+                    np.arange(n))[0].astype(bool) & clean
+
+
+def _attacks_and_noise(runner, predict, protocols, images, labels, clean, config, num_classes,
+                       checks, log):
+  """Per eps, every protocol's attacks, then the noise check. Returns ({protocol: record}, noise
+  [eps, N])."""
+  per_protocol = {p: results_lib.protocol_record(attacks) for p, attacks in protocols.items()}
+  eps_list = [float(e) for e in config.eps]
+  noise = np.zeros((len(eps_list), len(labels)), bool)
+  noise_fn = sanity.noise_fn(predict, config.norm, config.seed, sanity.NOISE_DRAWS)
+  for e_i, eps in enumerate(eps_list):
+    for p, attacks in protocols.items():
+      plog = (lambda text, p=p: log(f'{p}: {text}')) if len(protocols) > 1 else log
+      _run_protocol(p, attacks, per_protocol[p], runner, predict, images, labels, eps, clean,
+                    config, num_classes, checks, plog)
+    noise[e_i] = _noise_correct(runner, noise_fn, images, labels, eps, clean)
+  return per_protocol, noise
+
+
+def _recount_mismatch(predict, images, labels, clean):
+  """True when a plain forward pass on the first examples disagrees with the clean pass."""
+  n = min(len(labels), 7)
+  recount = is_correct(predict(tf.constant(images[:n])), labels[:n]).numpy()
+  return bool(np.any(recount != clean[:len(recount)]))
 
 
 def evaluate(predict, images, labels, config, source_predict=None, progress=None, strategy=None,
@@ -99,141 +184,22 @@ def evaluate(predict, images, labels, config, source_predict=None, progress=None
   (`runner_for`). A `runner` passed in belongs to one predict and config: its compiled functions
   are looked up by name, not by model.
   """
-  images = np.asarray(images, np.float32)
-  labels = np.asarray(labels, np.int32)
-  config.validate(images.shape[1:])
-  check_attack_inputs(images, labels, max(config.eps))
-  num_classes = num_classes_of(predict, images)
-  if np.any((labels < 0) | (labels >= num_classes)):
-    raise ValueError(f'Labels must lie in [0, {num_classes}) for this {num_classes}-class model.')
+  images, labels, num_classes = _checked_inputs(predict, images, labels, config)
   protocols, changes = _attacks_for(config, num_classes, source_predict)
   log = progress or (lambda text: None)
-  for p, notes in changes.items():
-    if notes:
-      log(f'{p}: {protocol_label(p, notes)}:' + ''.join(f'\n    - {n}' for n in notes))
+  _log_changes(changes, log)
   runner = runner or runner_for(predict, config, strategy)
-  n = len(labels)
-  index = np.arange(n, dtype=np.int32)
-  everything = np.arange(n)
   t_start = time.time()
-
-  clean = runner.map('clean', lambda x, y: (is_correct(predict(x), y),), [images, labels],
-                     everything)[0].astype(bool)
+  clean = _clean_pass(runner, predict, images, labels)
   log(f'clean accuracy {clean.mean():.4f}')
-  margin_values = {}
-  for name in config.margin_estimates:
-    t = time.perf_counter()
-    correct = np.nonzero(clean)[0]
-    values = np.zeros(n, np.float32)
-    if correct.size:
-      values[correct] = runner.map(('margin', name), margins.estimator(name, predict, config),
-                                   [images, labels, index], correct)[0]
-    margin_values[name] = values
-    log(f'margin {name}: mean {values.mean():.4f} ({time.perf_counter() - t:.1f} s)')
-
-  eps_list = [float(e) for e in config.eps]
-  keys = [f'{e:g}' for e in eps_list]
-  per_protocol = {p: {'attacks': [a.name for a in attacks],
-                      'attack_config': [a.describe() for a in attacks],
-                      'robust': [], 'broken_by': [], 'adv_norm': [], 'acc_after': {},
-                      'unconfirmed': {}, 'seconds': {a.name: 0.0 for a in attacks}}
-                  for p, attacks in protocols.items()}
-  noise = np.zeros((len(eps_list), n), bool)
-  noise_fn = sanity.noise_fn(predict, config.norm, config.seed, max(config.nb_restart, 4))
+  margin_values = _margin_estimates(runner, predict, images, labels, clean, config, log)
   # Before the attacks: the fast protocol gives Square its full budget when they flag masking.
   checks = sanity.model_checks(predict, images[:config.batch_size], labels[:config.batch_size])
-  for e_i, eps in enumerate(eps_list):
-    for p, attacks in protocols.items():
-      plog = (lambda text, p=p: log(f'{p}: {text}')) if len(protocols) > 1 else log
-      if p == 'fast':
-        out = fast.run_fast(runner, predict, attacks, images, labels, index, eps, clean,
-                            config.seed, num_classes, config.square_queries,
-                            fast.masking_signs(checks), plog)
-        per_protocol[p].setdefault('square_queries', {})[keys[e_i]] = out['square_queries']
-        per_protocol[p].setdefault('square_reason', {})[keys[e_i]] = out['square_reason']
-      else:
-        out = run_attacks(runner, predict, attacks, images, labels, index, eps, clean,
-                          config.seed, num_classes, plog)
-      r = per_protocol[p]
-      r['robust'].append(out['robust'])
-      r['broken_by'].append(out['broken_by'])
-      r['adv_norm'].append(out['adv_norm'])
-      r['acc_after'][keys[e_i]] = dict(zip(r['attacks'], out['acc_after']))
-      r['unconfirmed'][keys[e_i]] = dict(zip(r['attacks'], out['unconfirmed']))
-      for a, s in zip(r['attacks'], out['seconds']):
-        r['seconds'][a] += s
-    eps_vec = np.full(n, eps, np.float32)
-    noise[e_i] = runner.map('noise', noise_fn, [images, labels, index, eps_vec],
-                            everything)[0].astype(bool) & clean
-  robust = np.logical_and.reduce([np.stack(r['robust']) for r in per_protocol.values()])
+  per_protocol, noise = _attacks_and_noise(runner, predict, protocols, images, labels, clean,
+                                           config, num_classes, checks, log)
   seconds = time.time() - t_start
-
-  results = {
-      'num_examples': n,
-      'num_classes': num_classes,
-      'norm': config.norm,
-      'eps': eps_list,
-      'protocol': config.protocol if not config.attacks else 'custom',
-      # Exactly the standard attack list at the standard budgets, unchanged for this model.
-      'standard_autoattack': (config.is_standard_autoattack()
-                              and not changes.get('autoattack')),
-      'clean_acc': float(clean.mean()),
-      'robust_acc': {k: float(r.mean()) for k, r in zip(keys, robust)},
-      'avg_rob_acc': float(robust.mean()),
-      'protocols': {},
-  }
-  for p, r in per_protocol.items():
-    rob = np.stack(r['robust'])
-    results['protocols'][p] = {
-        'label': protocol_label(p, changes[p]), 'changes': changes[p],
-        'attacks': r['attacks'], 'attack_config': r['attack_config'],
-        'robust_acc': {k: float(v.mean()) for k, v in zip(keys, rob)},
-        'avg_rob_acc': float(rob.mean()),
-        'acc_after': r['acc_after'],
-        'unconfirmed': r['unconfirmed'],
-        'seconds': {a: round(s, 2) for a, s in r['seconds'].items()},
-    }
-  if 'fast' in per_protocol:
-    r = per_protocol['fast']
-    results['protocols']['fast'].update(note=fast.describe(config),
-                                        square_queries=r['square_queries'],
-                                        square_reason=r['square_reason'])
-    if 'autoattack' in per_protocol:
-      results['protocols']['fast']['vs_autoattack'] = fast.compare(
-          np.stack(per_protocol['autoattack']['robust']), np.stack(r['robust']), keys)
-  best = np.min(np.stack(list(margin_values.values())), axis=0) if margin_values else None
-  censored = lambda m: float(np.mean(m[clean] >= config.maxeps * (1 - 1e-6))) if clean.any() \
-      else 0.0
-  results['margin'] = {'maxeps': config.maxeps, 'estimates': list(margin_values)}
-  for name, values in margin_values.items():
-    results['margin'][name] = dict(_quartiles(values), censored_frac=censored(values))
-  if best is not None:
-    results['margin']['min_of_all'] = _quartiles(best)
-    spread = np.max(np.stack(list(margin_values.values())), axis=0) - best
-    disagree = spread > sanity.MARGIN_SPREAD * np.maximum(best, 1e-12) + 1e-6
-    results['margin']['disagreement_frac'] = (float(np.mean(disagree[clean])) if clean.any()
-                                              else 0.0)
-  results['margin']['note'] = ('per example over all examples (misclassified = 0); every '
-                               'estimate is an upper bound of the minimal adversarial norm; '
-                               'censored = no success up to maxeps')
-  recount = is_correct(predict(tf.constant(images[:min(n, 7)])), labels[:min(n, 7)]).numpy()
-  checks['clean_recount_mismatch'] = bool(np.any(recount != clean[:len(recount)]))
-  checks['random_noise_acc'] = {k: float(v.mean()) for k, v in zip(keys, noise)}
-  checks.update(sanity.point_checks(keys, clean, robust, noise, per_protocol))
-  results['sanity'] = checks
-  checks['warnings'] = sanity.warnings_for(results)
-  results['timing'] = {'seconds': round(seconds, 2),
-                       'attack_seconds': {p: r['seconds'] for p, r in results['protocols'].items()}}
-
-  per_example = {'clean_correct': clean, 'robust': robust, 'labels': labels,
-                 'eps': np.array(eps_list, np.float32)}
-  for p, r in per_protocol.items():
-    per_example[f'{p}_robust'] = np.stack(r['robust'])
-    per_example[f'{p}_broken_by'] = np.stack(r['broken_by'])
-    per_example[f'{p}_adv_norm'] = np.stack(r['adv_norm'])
-    per_example[f'{p}_attack_names'] = np.array(r['attacks'])
-  for name, values in margin_values.items():
-    per_example[f'margin_{name}'] = values
-  if best is not None:
-    per_example['margin_min'] = best
-  return results, per_example
+  checks['clean_recount_mismatch'] = _recount_mismatch(predict, images, labels, clean)
+  results = results_lib.results_dict(config, num_classes, changes, clean, noise, per_protocol,
+                                     margin_values, checks, seconds)
+  return results, results_lib.per_example_arrays(config, labels, clean, per_protocol,
+                                                 margin_values)

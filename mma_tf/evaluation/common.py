@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
-from mma_tf.attacks.pgd import example_seeds
+from mma_tf.attacks.common import example_seeds
 from mma_tf.norms import fold_in
 
 

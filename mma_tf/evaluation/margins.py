@@ -9,7 +9,7 @@ weakness of one shows as disagreement and their per-example minimum is the best 
 """
 import tensorflow as tf
 
-from mma_tf.attacks import anpgd_test, pgd
+from mma_tf.attacks import anpgd_test, fab_targeted, pgd
 from mma_tf.evaluation.common import is_correct, stream_example_seeds
 
 
@@ -42,7 +42,6 @@ def estimator(name, predict, config):
     return upper
 
   def fab_margin(x, y, index):
-    from mma_tf.attacks.fab import fab_targeted
     _, _, min_norm = fab_targeted(predict, x, y, maxeps, norm=config.norm,
                                   nb_iter=config.fab_nb_iter,
                                   n_target_classes=config.n_target_classes, all_targets=True)

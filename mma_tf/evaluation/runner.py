@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from mma_tf import norms
+from mma_tf.attacks.common import CLIP_MAX, CLIP_MIN
 from mma_tf.evaluation.common import (bucket_size, is_correct, pad_positions,
                                      stream_example_seeds)
 
@@ -106,7 +107,8 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
   acc_after [per attack] (cumulative robust accuracy over all N), unconfirmed [per attack]
   (successes the attack claimed that a fresh forward pass did not confirm: randomness at
   inference, or a bug), seconds [per attack].
-  An attack that returns a point outside the eps ball or [0, 1] is a bug: it raises.
+  An attack that returns a point outside the eps ball or the input box [CLIP_MIN, CLIP_MAX] (the
+  attacks' default clip_min/clip_max) is a bug: it raises.
   """
   n = len(labels)
   robust = start_robust.copy()
@@ -149,12 +151,12 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
       if claimed.any():  # every point an attack claims must be feasible, confirmed or not
         d = _perturbation_norms(attack.norm, x_adv[claimed], images[todo[claimed]])
         axes = tuple(range(1, x_adv.ndim))
-        outside = ((d > eps * (1 + 1e-5) + 1e-6) | (x_adv[claimed].min(axis=axes) < 0)
-                   | (x_adv[claimed].max(axis=axes) > 1))
+        outside = ((d > eps * (1 + 1e-5) + 1e-6) | (x_adv[claimed].min(axis=axes) < CLIP_MIN)
+                   | (x_adv[claimed].max(axis=axes) > CLIP_MAX))
         if outside.any():
           raise RuntimeError(f'{attack.name} returned {int(outside.sum())} point(s) outside the '
-                             f'{attack.norm} ball of radius {eps:g} or [0, 1] (largest norm '
-                             f'{d.max():.6g}): a bug in the attack.')
+                             f'{attack.norm} ball of radius {eps:g} or [{CLIP_MIN:g}, '
+                             f'{CLIP_MAX:g}] (largest norm {d.max():.6g}): a bug in the attack.')
         hit = todo[success]
         robust[hit] = False
         broken_by[hit] = a_i

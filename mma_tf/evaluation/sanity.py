@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from mma_tf import losses, norms
 from mma_tf.attacks import input_gradient
+from mma_tf.attacks.common import CLIP_MAX, CLIP_MIN
 from mma_tf.evaluation.common import is_correct, stream_example_seeds
 from mma_tf.setting_names import setting
 
@@ -19,6 +20,10 @@ SQUARE_SHARE = 0.05            # of the points the gradient attacks left robust 
 SQUARE_MIN_POINTS = 3          # ... and at least this many points
 MARGIN_SPREAD = 0.1            # estimates further apart than 10% of the smallest ...
 MARGIN_SHARE = 0.75            # ... on more than this share of the correct examples
+
+# Random points per example on the eps-sphere for the noise check. Its own count: it used to be
+# max(nb_restart, 4) of the paper protocol, whose default (10) this keeps.
+NOISE_DRAWS = 10
 
 
 def model_checks(predict, x, y):
@@ -71,7 +76,7 @@ def noise_fn(predict, norm, seed, nb_draws):
     correct = tf.ones(tf.shape(y), tf.bool)
     for r in range(nb_draws):
       delta = geometry.random_sphere(x, eps, stream_example_seeds(seed, f'noise/{r}', index))
-      x_noisy = tf.clip_by_value(x + delta, 0.0, 1.0)
+      x_noisy = tf.clip_by_value(x + delta, CLIP_MIN, CLIP_MAX)
       correct = correct & is_correct(predict(x_noisy), y)
     return (correct,)
 

@@ -32,6 +32,7 @@ Departures from the reference code (fra31/auto-attack `square.py`), all delibera
 - Examples that are misclassified at x, or have eps 0, are not attacked (0 queries), as the
   reference's driver leaves them out of the batch it attacks.
 """
+import collections
 import math
 
 import numpy as np
@@ -39,9 +40,8 @@ import tensorflow as tf
 
 from mma_tf import losses as losses_lib
 from mma_tf import norms as norms_lib
-# Imported by name: the package's __init__ rebinds `mma_tf.attacks.pgd` to the pgd function.
-from mma_tf.attacks.pgd import (_seeds_for_batch, check_attack_inputs, check_count,
-                                per_example_vector)
+from mma_tf.attacks.common import (CLIP_MAX, CLIP_MIN, check_attack_inputs, check_count,
+                                   per_example_vector, seeds_for_batch)
 
 # p is halved after each of these (raw) iteration indices: the schedule designed for 10k queries.
 P_BOUNDARIES = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -243,8 +243,98 @@ def _draw_window(bits, row_slot, col_slot, side, height, width, reference_offset
           _offset(bits[:, col_slot], width - side + extra))
 
 
+def _check_square_args(x, y, eps, n_queries, p_init, clip_min, clip_max):
+  """n_queries as an int, or a ValueError naming the bad argument."""
+  check_attack_inputs(x, y, eps, clip_min, clip_max)
+  x_shape = tf.TensorShape(np.shape(x) if not tf.is_tensor(x) else x.shape)
+  if x_shape.rank != 4 or None in x_shape[1:]:
+    raise ValueError(f'Square needs NHWC images [B, H, W, C] with static H, W, C; got shape '
+                     f'{x_shape}. Reshape flat inputs to images first.')
+  n_queries = check_count(n_queries, 'n_queries')
+  if not 0 < p_init <= 1:
+    raise ValueError(f'p_init must be in (0, 1]; got {p_init}.')
+  return n_queries
+
+
+def _margin(predict, images, y):
+  """The reference's margin loss: z_y - max_{j != y} z_j, in float32 (minimised)."""
+  return -losses_lib.logit_margin(predict(images), y)
+
+
+def _start(predict, x, y, eps, keys, is_l2, clip_min, clip_max):
+  """(x_best, m_best, active, queries) after the initialisation: examples correctly classified
+  with eps > 0 start from the norm's initial point (1 query), the others stay at x."""
+  clean_correct = tf.argmax(predict(x), -1, output_type=tf.int32) == y
+  attacked = clean_correct & (eps > 0)
+  init = (_l2_init if is_l2 else _linf_init)(x, eps, keys, clip_min, clip_max)
+  x_best = tf.where(norms_lib.per_example(attacked, x) > 0, init, x)
+  m_best = _margin(predict, x_best, y)
+  active = attacked & (m_best > 0)
+  queries = tf.cast(attacked, tf.int32)
+  return x_best, m_best, active, queries
+
+
+class _Schedule(collections.namedtuple('_Schedule', 'sides boundaries patterns')):
+  """The window side of each p regime (int32 [regimes]), the iteration indices after which p
+  halves, and eta(side) per regime (the L2 patterns [regimes, S, S], zero padded)."""
+
+
+def _schedule(p_init, height, width, norm, channels, dtype):
+  regimes = len(P_BOUNDARIES) + 1
+  side_list = [side_length(p_init / 2**k, height, width, norm, channels) for k in range(regimes)]
+  size = min(height, width)
+  patterns = np.zeros((regimes, size, size))
+  for k, s in enumerate(side_list):
+    patterns[k, :s, :s] = eta_pattern(s)
+  return _Schedule(tf.constant(side_list, tf.int32), tf.constant(P_BOUNDARIES, tf.int32),
+                   tf.constant(patterns, dtype))
+
+
+def _iteration_draws(keys, i, schedule, x):
+  """Iteration i's p regime, window side, random words [B, slots] and colour signs [B, 1, 1, C]."""
+  channels = x.shape[-1]
+  regime = tf.reduce_sum(tf.cast(i > schedule.boundaries, tf.int32))
+  side = tf.gather(schedule.sides, regime)
+  bits = _random_bits(keys, i + 1, _SIGNS + channels)
+  signs = tf.reshape(_signs(bits[:, _SIGNS:], x.dtype), [-1, 1, 1, channels])
+  return regime, side, bits, signs
+
+
+def _linf_proposal(i, x, x_best, eps, keys, schedule, reference_offsets, clip_min, clip_max):
+  """Iteration i's Linf candidate: one window set to x + eps * (a sign per channel)."""
+  _, height, width, _ = x.shape
+  _, side, bits, signs = _iteration_draws(keys, i, schedule, x)
+  row, col = _draw_window(bits, _ROW1, _COL1, side, height, width, reference_offsets)
+  window = _window(row, col, side, height, width)
+  return _linf_candidate(x, x_best, eps, window, signs, clip_min, clip_max)
+
+
+def _l2_proposal(i, x, x_best, eps, keys, schedule, reference_offsets, clip_min, clip_max):
+  """Iteration i's L2 candidate: eta(side) (transposed on a coin) into one window, the mass of a
+  second window moved into it."""
+  _, height, width, _ = x.shape
+  regime, side, bits, signs = _iteration_draws(keys, i, schedule, x)
+  row, col = _draw_window(bits, _ROW1, _COL1, side, height, width, reference_offsets)
+  window = _window(row, col, side, height, width)
+  row2, col2 = _draw_window(bits, _ROW2, _COL2, side, height, width, reference_offsets)
+  window2 = _window(row2, col2, side, height, width)
+  coin = tf.bitwise.bitwise_and(bits[:, _COIN], tf.constant(1, tf.uint32)) > 0
+  pattern = _placed_pattern(schedule.patterns, regime, row, col, coin, window, height, width)
+  return _l2_candidate(x, x_best, eps, window, window2, pattern, signs, clip_min, clip_max)
+
+
+def _accept(x, x_new, m_new, x_best, m_best, active, queries):
+  """The reference's acceptance: an active example takes its candidate if the margin is strictly
+  lower, or <= 0, and is charged one query; it stays active while its best margin is > 0."""
+  accept = active & ((m_new < m_best) | (m_new <= 0))
+  x_best = tf.where(norms_lib.per_example(accept, x) > 0, x_new, x_best)
+  m_best = tf.where(accept, m_new, m_best)
+  queries += tf.cast(active, tf.int32)
+  return x_best, m_best, active & (m_best > 0), queries
+
+
 def square(predict, x, y, eps, *, norm='Linf', n_queries=5000, p_init=0.8, seed=0,
-           clip_min=0.0, clip_max=1.0, reference_offsets=False):
+           clip_min=CLIP_MIN, clip_max=CLIP_MAX, reference_offsets=False):
   """Untargeted Square Attack on NHWC images; returns (x_adv, success, queries).
 
   Args:
@@ -269,66 +359,23 @@ def square(predict, x, y, eps, *, norm='Linf', n_queries=5000, p_init=0.8, seed=
   initial point, one per iteration, final check), no gradients.
   """
   geometry = norms_lib.get_norm(norm)
-  check_attack_inputs(x, y, eps, clip_min, clip_max)
-  x_shape = tf.TensorShape(np.shape(x) if not tf.is_tensor(x) else x.shape)
-  if x_shape.rank != 4 or None in x_shape[1:]:
-    raise ValueError(f'Square needs NHWC images [B, H, W, C] with static H, W, C; got shape '
-                     f'{x_shape}. Reshape flat inputs to images first.')
-  n_queries = check_count(n_queries, 'n_queries')
-  if not 0 < p_init <= 1:
-    raise ValueError(f'p_init must be in (0, 1]; got {p_init}.')
+  n_queries = _check_square_args(x, y, eps, n_queries, p_init, clip_min, clip_max)
   x = tf.convert_to_tensor(x)
   _, height, width, channels = x.shape
   y = tf.cast(y, tf.int32)
   batch_size = tf.shape(x)[0]
   eps = per_example_vector(eps, batch_size, x.dtype)
-  keys = _example_keys(_seeds_for_batch(seed, batch_size))
+  keys = _example_keys(seeds_for_batch(seed, batch_size))
   is_l2 = geometry.name == 'L2'
-
-  def margin(images):  # the reference's margin loss: z_y - max_{j != y} z_j, in float32
-    return -losses_lib.logit_margin(predict(images), y)
-
-  clean_correct = tf.argmax(predict(x), -1, output_type=tf.int32) == y
-  attacked = clean_correct & (eps > 0)
-  init = (_l2_init if is_l2 else _linf_init)(x, eps, keys, clip_min, clip_max)
-  x_best = tf.where(norms_lib.per_example(attacked, x) > 0, init, x)
-  m_best = margin(x_best)
-  active = attacked & (m_best > 0)
-  queries = tf.cast(attacked, tf.int32)
-
-  regimes = len(P_BOUNDARIES) + 1
-  side_list = [side_length(p_init / 2**k, height, width, norm, channels) for k in range(regimes)]
-  sides = tf.constant(side_list, tf.int32)
-  boundaries = tf.constant(P_BOUNDARIES, tf.int32)
-  size = min(height, width)
-  patterns = np.zeros((regimes, size, size))
-  for k, s in enumerate(side_list):
-    patterns[k, :s, :s] = eta_pattern(s)
-  patterns = tf.constant(patterns, x.dtype)
-
-  def candidate(i, x_best):
-    regime = tf.reduce_sum(tf.cast(i > boundaries, tf.int32))
-    side = tf.gather(sides, regime)
-    bits = _random_bits(keys, i + 1, _SIGNS + channels)
-    signs = tf.reshape(_signs(bits[:, _SIGNS:], x.dtype), [-1, 1, 1, channels])
-    row, col = _draw_window(bits, _ROW1, _COL1, side, height, width, reference_offsets)
-    window = _window(row, col, side, height, width)
-    if not is_l2:
-      return _linf_candidate(x, x_best, eps, window, signs, clip_min, clip_max)
-    row2, col2 = _draw_window(bits, _ROW2, _COL2, side, height, width, reference_offsets)
-    window2 = _window(row2, col2, side, height, width)
-    coin = tf.bitwise.bitwise_and(bits[:, _COIN], tf.constant(1, tf.uint32)) > 0
-    pattern = _placed_pattern(patterns, regime, row, col, coin, window, height, width)
-    return _l2_candidate(x, x_best, eps, window, window2, pattern, signs, clip_min, clip_max)
+  x_best, m_best, active, queries = _start(predict, x, y, eps, keys, is_l2, clip_min, clip_max)
+  schedule = _schedule(p_init, height, width, norm, channels, x.dtype)
+  propose = _l2_proposal if is_l2 else _linf_proposal
 
   def body(i, x_best, m_best, active, queries):
-    x_new = candidate(i, x_best)
-    m_new = margin(x_new)
-    accept = active & ((m_new < m_best) | (m_new <= 0))
-    x_best = tf.where(norms_lib.per_example(accept, x) > 0, x_new, x_best)
-    m_best = tf.where(accept, m_new, m_best)
-    queries += tf.cast(active, tf.int32)
-    return i + 1, x_best, m_best, active & (m_best > 0), queries
+    x_new = propose(i, x, x_best, eps, keys, schedule, reference_offsets, clip_min, clip_max)
+    x_best, m_best, active, queries = _accept(x, x_new, _margin(predict, x_new, y), x_best,
+                                              m_best, active, queries)
+    return i + 1, x_best, m_best, active, queries
 
   _, x_best, _, _, queries = tf.while_loop(
       lambda i, _x, _m, active, _q: (i < n_queries) & tf.reduce_any(active), body,

@@ -27,8 +27,8 @@ import tensorflow as tf
 
 from mma_tf import losses as losses_lib
 from mma_tf import norms as norms_lib
-# The package __init__ binds the name `pgd` to the function, so import the helpers by name.
-from mma_tf.attacks.pgd import check_attack_inputs, check_count, per_example_vector
+from mma_tf.attacks.common import (CLIP_MAX, CLIP_MIN, check_attack_inputs, check_count,
+                                   per_example_vector)
 
 _NORM_FLOOR = 1e-8  # the reference floors both step norms before forming alpha
 _L2_ZERO_W = 1e-8  # the reference's L2 projection ignores coordinates with |w_i| below this
@@ -44,7 +44,7 @@ def _logits(predict, x):
   return logits if logits.dtype == tf.float64 else tf.cast(logits, tf.float32)
 
 
-def project_onto_hyperplane_in_box(t, w, b, norm='Linf', clip_min=0.0, clip_max=1.0):
+def project_onto_hyperplane_in_box(t, w, b, norm='Linf', clip_min=CLIP_MIN, clip_max=CLIP_MAX):
   """Smallest `norm` step d with <w, t + d> = b and t + d in the box, per row (docs/autoattack.md 3.2).
 
   t, w: [N, D]; b: [N]. Where the box cannot reach the hyperplane, d goes to the box corner that
@@ -199,7 +199,7 @@ def _prepare(x, y, eps, norm, nb_iter, alpha_max, eta, beta, clip_min, clip_max)
 
 
 def fab(predict, x, y, eps, *, norm='Linf', nb_iter=100, target_rank=2, alpha_max=0.1, eta=1.05,
-        beta=0.9, clip_min=0.0, clip_max=1.0):
+        beta=0.9, clip_min=CLIP_MIN, clip_max=CLIP_MAX):
   """One targeted FAB run toward the class with the `target_rank`-th largest clean logit.
 
   Args:
@@ -234,8 +234,8 @@ def fab(predict, x, y, eps, *, norm='Linf', nb_iter=100, target_rank=2, alpha_ma
 
 
 def fab_targeted(predict, x, y, eps, *, norm='Linf', nb_iter=100, n_target_classes=9,
-                 all_targets=False, alpha_max=0.1, eta=1.05, beta=0.9, clip_min=0.0,
-                 clip_max=1.0):
+                 all_targets=False, alpha_max=0.1, eta=1.05, beta=0.9, clip_min=CLIP_MIN,
+                 clip_max=CLIP_MAX):
   """FAB-T: targeted FAB toward the classes ranked 2..n_target_classes+1 (at most K-1 targets).
 
   As in AutoAttack, a later target runs only on the examples not yet successful at eps; min_norm

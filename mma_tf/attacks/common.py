@@ -1,23 +1,23 @@
-"""Projected gradient descent (PGD) with per-example radii: a pure function of (predict, x, y, eps).
-
-Graph friendly: static shapes, stateless random starts, no host round trips, so the same code runs
-eagerly, inside `tf.function` (with or without `jit_compile`) and inside `strategy.run`.
-"""
+"""What every attack shares: the input box, argument checks, per-example seeds and the input
+gradient."""
 import numbers
 
 import numpy as np
 import tensorflow as tf
 
-from mma_tf import losses as losses_lib
 from mma_tf import norms as norms_lib
 
+# The input box: images in [0, 1] (models normalise inside). The attacks' clip_min/clip_max
+# defaults, and the box the evaluator checks every returned point against.
+CLIP_MIN, CLIP_MAX = 0.0, 1.0
 
-def _is_concrete(v):
+
+def is_concrete(v):
   """True for Python numbers, numpy arrays and eager tensors: values we can check on the host."""
   return not tf.is_symbolic_tensor(v) if tf.is_tensor(v) else True
 
 
-def check_attack_inputs(x, y, eps, clip_min=0.0, clip_max=1.0, name='eps'):
+def check_attack_inputs(x, y, eps, clip_min=CLIP_MIN, clip_max=CLIP_MAX, name='eps'):
   """Raises ValueError, before any graph is built, on inputs that would give a meaningless attack.
 
   Shape checks use static shapes and always run; value checks (eps >= 0, x inside
@@ -39,11 +39,11 @@ def check_attack_inputs(x, y, eps, clip_min=0.0, clip_max=1.0, name='eps'):
                      f'got shape {eps_shape}.')
   if not clip_min < clip_max:
     raise ValueError(f'clip_min ({clip_min}) must be below clip_max ({clip_max}).')
-  if _is_concrete(eps):
+  if is_concrete(eps):
     e = np.asarray(eps, np.float64)
     if not np.all(np.isfinite(e)) or np.any(e < 0):
       raise ValueError(f'{name} must be finite and >= 0; got {e.min() if e.size else e}.')
-  if _is_concrete(x):
+  if is_concrete(x):
     xv = np.asarray(x)
     if xv.size and (xv.min() < clip_min or xv.max() > clip_max or not np.all(np.isfinite(xv))):
       raise ValueError(
@@ -71,7 +71,7 @@ def example_seeds(seed, keys):
   return norms_lib.fold_in(base, tf.cast(keys, tf.int64))  # each key folded into the base
 
 
-def _seeds_for_batch(seed, batch_size):
+def seeds_for_batch(seed, batch_size):
   seed = tf.convert_to_tensor(seed)
   if seed.shape.rank == 2:  # already one seed per example
     return tf.cast(seed, tf.int64)
@@ -93,62 +93,3 @@ def input_gradient(predict, loss_fn, x, y):
   # A SavedModel's gradient has an unknown batch size; keep x's, which the attack loops need
   # (a batch of one would otherwise broadcast to an unknown size).
   return tf.ensure_shape(grad, x.shape)
-
-
-def pgd(predict, x, y, eps, *, norm='Linf', nb_iter=40, step_size=None, rel_step_size=None,
-        loss='ce', rand_init=True, seed=0, clip_min=0.0, clip_max=1.0, warm_start=None):
-  """Untargeted PGD that maximises `loss` within the `norm`-ball of radius eps around x.
-
-  Args:
-    predict: callable images -> logits (e.g. `lambda x: model(x, training=False)`).
-    x: images [B, ...] inside [clip_min, clip_max]. y: integer labels [B].
-    eps: radius, a scalar or one per example [B]. An example with eps 0 is left unchanged, so eps
-      doubles as a mask of which examples to attack.
-    nb_iter: number of ascent steps (a Python int: it sets the graph's structure).
-    step_size: absolute step (scalar or [B]); or rel_step_size: step as a fraction of eps.
-      Default: rel_step_size = 2.5 / nb_iter (Madry et al.; the MMA code's eps_iter_scale).
-    loss: 'ce', 'slm', 'lm', 'cw' or a callable (logits, labels) -> per-example loss.
-      It is summed over the batch, so per-example gradients do not depend on the batch size.
-    rand_init: True: start from advertorch's random point in the ball (docs/paper_notes.md 2.2);
-      False: from x; or a callable (x, seeds [B, 2]) -> delta for another start (TRADES').
-    seed: int, a [2] stateless seed, or per-example seeds [B, 2] (see `example_seeds`).
-    warm_start: None, or (delta [B, ...], known [B] bool): examples marked known start from their
-      delta projected onto their eps-ball and the box (a perturbation remembered from an earlier
-      step); the others start as `rand_init` says.
-  Returns:
-    The adversarial batch, clipped to [clip_min, clip_max] (the last iterate, as advertorch).
-  """
-  geometry = norms_lib.get_norm(norm)
-  loss_fn = losses_lib.get_loss(loss)
-  check_attack_inputs(x, y, eps, clip_min, clip_max)
-  if step_size is not None and rel_step_size is not None:
-    raise ValueError('Give step_size or rel_step_size, not both.')
-  nb_iter = check_count(nb_iter, 'nb_iter')
-  x = tf.convert_to_tensor(x)
-  batch_size = tf.shape(x)[0]
-  eps = per_example_vector(eps, batch_size, x.dtype)
-  if step_size is None:
-    rel = 2.5 / max(nb_iter, 1) if rel_step_size is None else rel_step_size
-    step = eps * rel
-  else:
-    check_attack_inputs(x, y, step_size, clip_min, clip_max, name='step_size')
-    step = per_example_vector(step_size, batch_size, x.dtype)
-
-  if callable(rand_init):
-    delta = rand_init(x, _seeds_for_batch(seed, batch_size))
-  elif rand_init:
-    delta = geometry.random_init(x, eps, _seeds_for_batch(seed, batch_size), clip_min, clip_max)
-  else:
-    delta = tf.zeros_like(x)
-  if warm_start is not None:
-    start, known = warm_start
-    start = geometry.project(x, tf.cast(start, x.dtype), eps, clip_min, clip_max)
-    delta = tf.where(norms_lib.per_example(known, x) > 0, start, delta)
-
-  def body(i, delta):
-    grad = input_gradient(predict, loss_fn, x + delta, y)
-    return i + 1, geometry.ascend(x, delta, grad, eps, step, clip_min, clip_max)
-
-  _, delta = tf.while_loop(lambda i, _: i < nb_iter, body, (tf.constant(0), delta),
-                           maximum_iterations=nb_iter)
-  return tf.clip_by_value(x + delta, clip_min, clip_max)

@@ -33,8 +33,8 @@ import tensorflow as tf
 
 from mma_tf import losses as losses_lib
 from mma_tf import norms as norms_lib
-from mma_tf.attacks.pgd import (_seeds_for_batch, check_attack_inputs, check_count,
-                                per_example_vector)
+from mma_tf.attacks.common import (CLIP_MAX, CLIP_MIN, check_attack_inputs, check_count,
+                                   per_example_vector, seeds_for_batch)
 
 _TINY = 1e-12
 LOSSES = ('ce', 'dlr', 'dlr_targeted', 'ce_targeted', 'lm')
@@ -260,7 +260,7 @@ def _apgd_from_clean(predict, x, y, eps, clean_logits, *, norm, loss, nb_iter, n
   """APGD given the clean logits (validated arguments); returns (x_adv, success)."""
   batch_size = tf.shape(x)[0]
   eps = per_example_vector(eps, batch_size, x.dtype)
-  seeds = _seeds_for_batch(seed, batch_size)
+  seeds = seeds_for_batch(seed, batch_size)
   y = tf.cast(y, tf.int32)
   if loss == 'ce':
     loss_fn = lambda logits: losses_lib.cross_entropy(logits, y)
@@ -299,7 +299,7 @@ def _apgd_from_clean(predict, x, y, eps, clean_logits, *, norm, loss, nb_iter, n
 
 
 def apgd(predict, x, y, eps, *, norm='Linf', loss='ce', nb_iter=100, n_restarts=1, rho=0.75,
-         target_rank=None, eot_iter=1, seed=0, clip_min=0.0, clip_max=1.0):
+         target_rank=None, eot_iter=1, seed=0, clip_min=CLIP_MIN, clip_max=CLIP_MAX):
   """APGD (Croce & Hein 2020) with the reference code's step-size rules; returns (x_adv, success).
 
   Args:
@@ -336,7 +336,7 @@ def apgd(predict, x, y, eps, *, norm='Linf', loss='ce', nb_iter=100, n_restarts=
 
 
 def apgd_targeted(predict, x, y, eps, *, norm='Linf', nb_iter=100, n_target_classes=9,
-                  n_restarts=1, rho=0.75, seed=0, clip_min=0.0, clip_max=1.0):
+                  n_restarts=1, rho=0.75, seed=0, clip_min=CLIP_MIN, clip_max=CLIP_MAX):
   """APGD-T (Croce & Hein 2020): targeted-DLR APGD toward the clean ranks 2..n_target_classes+1.
 
   Ranks are visited in order, each on the examples still robust (the others get radius 0); success

@@ -9,11 +9,13 @@ import tensorflow as tf
 
 from mma_tf import losses as losses_lib
 from mma_tf import norms as norms_lib
-from mma_tf.attacks import pgd as pgd_lib
+from mma_tf.attacks.common import (CLIP_MAX, CLIP_MIN, check_attack_inputs, check_count,
+                                   is_concrete, per_example_vector)
+from mma_tf.attacks.pgd_attack import pgd
 
 
 def bisection_search(margin_fn, x, u, first_scale, first_margin, maxeps, num_steps,
-                     clip_min=0.0, clip_max=1.0, use_last_margin=False):
+                     clip_min=CLIP_MIN, clip_max=CLIP_MAX, use_last_margin=False):
   """1-D bisection on the scale e of x + e*u for the boundary margin_fn = 0 (the released rules).
 
   The bracket starts at [0, maxeps]. Each step moves the lower bound up to the current scale where
@@ -46,14 +48,14 @@ def bisection_search(margin_fn, x, u, first_scale, first_margin, maxeps, num_ste
 
 
 def _check_search_args(maxeps, num_search_steps):
-  pgd_lib.check_count(num_search_steps, 'num_search_steps', 1)
-  if pgd_lib._is_concrete(maxeps) and not float(maxeps) > 0:
+  check_count(num_search_steps, 'num_search_steps', 1)
+  if is_concrete(maxeps) and not float(maxeps) > 0:
     raise ValueError(f'maxeps must be > 0; got {maxeps}.')
 
 
 def anpgd(predict, x, y, eps0, *, maxeps, norm='Linf', nb_iter=40, eps_iter_scale=2.5,
           num_search_steps=10, rand_init=True, seed=0, mask=None, search_predict=None,
-          clip_min=0.0, clip_max=1.0, released_quirks=True, warm_start=None):
+          clip_min=CLIP_MIN, clip_max=CLIP_MAX, released_quirks=True, warm_start=None):
   """Training AN-PGD: PGD at eps0, then bisection along the PGD direction with the SLM test.
 
   Args:
@@ -72,16 +74,16 @@ def anpgd(predict, x, y, eps0, *, maxeps, norm='Linf', nb_iter=40, eps_iter_scal
     (x_adv [B, ...], eps_hat [B]).
   """
   _check_search_args(maxeps, num_search_steps)
-  pgd_lib.check_attack_inputs(x, y, eps0, clip_min, clip_max, name='eps0')
-  if pgd_lib._is_concrete(eps0) and pgd_lib._is_concrete(maxeps):
+  check_attack_inputs(x, y, eps0, clip_min, clip_max, name='eps0')
+  if is_concrete(eps0) and is_concrete(maxeps):
     if np.any(np.asarray(eps0, np.float64) > float(maxeps)):
       raise ValueError(f'eps0 must not exceed maxeps ({maxeps}).')
   x = tf.convert_to_tensor(x)
   batch_size = tf.shape(x)[0]
-  eps0 = pgd_lib.per_example_vector(eps0, batch_size, x.dtype)
+  eps0 = per_example_vector(eps0, batch_size, x.dtype)
   if mask is not None:
     eps0 = tf.where(mask, eps0, tf.zeros_like(eps0))  # radius 0: PGD leaves the example alone
-  x_pgd = pgd_lib.pgd(predict, x, y, eps0, norm=norm, nb_iter=nb_iter,
+  x_pgd = pgd(predict, x, y, eps0, norm=norm, nb_iter=nb_iter,
                       rel_step_size=eps_iter_scale / nb_iter, loss='slm', rand_init=rand_init,
                       seed=seed, clip_min=clip_min, clip_max=clip_max, warm_start=warm_start)
   unit = (x_pgd - x) / norms_lib.per_example(eps0 + 1e-12, x)
@@ -100,7 +102,7 @@ def anpgd(predict, x, y, eps0, *, maxeps, norm='Linf', nb_iter=40, eps_iter_scal
 
 
 def anpgd_test(predict, x, y, *, test_eps, maxeps, norm='Linf', nb_iter=40, test_eps_iter=None,
-               num_search_steps=10, rand_init=True, seed=0, clip_min=0.0, clip_max=1.0,
+               num_search_steps=10, rand_init=True, seed=0, clip_min=CLIP_MIN, clip_max=CLIP_MAX,
                released_quirks=True):
   """Validation AN-PGD (`ANPGDForTest`): fixed-eps PGD, then bisection with the LM (argmax) test.
 
@@ -111,16 +113,16 @@ def anpgd_test(predict, x, y, *, test_eps, maxeps, norm='Linf', nb_iter=40, test
   to succeed. Returns (x_at_eps_hat clipped to the box, eps_hat [B]).
   """
   _check_search_args(maxeps, num_search_steps)
-  pgd_lib.check_attack_inputs(x, y, test_eps, clip_min, clip_max, name='test_eps')
+  check_attack_inputs(x, y, test_eps, clip_min, clip_max, name='test_eps')
   x = tf.convert_to_tensor(x)
   batch_size = tf.shape(x)[0]
-  test_eps = pgd_lib.per_example_vector(test_eps, batch_size, x.dtype)
-  x_pgd = pgd_lib.pgd(predict, x, y, test_eps, norm=norm, nb_iter=nb_iter, step_size=test_eps_iter,
+  test_eps = per_example_vector(test_eps, batch_size, x.dtype)
+  x_pgd = pgd(predict, x, y, test_eps, norm=norm, nb_iter=nb_iter, step_size=test_eps_iter,
                       loss='slm', rand_init=rand_init, seed=seed, clip_min=clip_min,
                       clip_max=clip_max)
   unit = (x_pgd - x) / norms_lib.per_example(test_eps + 1e-12, x)
   margin_fn = lambda images: losses_lib.logit_margin(predict(images), y)
-  maxeps_vec = pgd_lib.per_example_vector(maxeps, batch_size, x.dtype)
+  maxeps_vec = per_example_vector(maxeps, batch_size, x.dtype)
   first_scale = 0.5 * maxeps_vec if released_quirks else test_eps
   eps_hat, _, _ = bisection_search(margin_fn, x, unit, first_scale, margin_fn(x_pgd), maxeps_vec,
                                    num_search_steps, clip_min, clip_max,
