@@ -220,6 +220,16 @@ def main(_):
           f'({total["fast"] / max(total["autoattack"], 1e-9):.3f} of AutoAttack\'s); robust under '
           f'fast but broken by AutoAttack: {diff["broken_only_by_autoattack"] or "none"}; broken '
           f'only by fast: {diff["broken_only_by_fast"] or "none"}')
+    # The load-free cost: passes, a fwd+bwd pass weighted by its measured cost in forwards.
+    weights = [alone[('fwd+bwd', b)] / alone[('fwd', b)]
+               for _, _, _, _, _, per_attack in tables.values() for alone in per_attack.values()
+               for kind, b in alone if kind == 'fwd' and ('fwd+bwd', b) in alone]
+    r = float(np.median(weights))
+    cost = {p: sum(int((fwd - bwd).sum()) + r * int(bwd.sum()) for fwd, bwd in passes.values())
+            for p, (_, passes, *_) in tables.items()}
+    print(f'model passes in forward-pass units (one fwd+bwd = {r:.2f} forwards, measured here): '
+          f'fast {cost["fast"]:,.0f} vs AutoAttack {cost["autoattack"]:,.0f} '
+          f'({cost["fast"] / cost["autoattack"]:.3f} of AutoAttack\'s)')
 
 
 if __name__ == '__main__':

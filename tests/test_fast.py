@@ -72,16 +72,27 @@ def test_fast_breaks_exactly_what_autoattack_breaks_on_affine_models(norm):
   assert (robust['apgd-t'] & ~expected).any()
 
 
+def _random_points(rng, eps):
+  """A tiny CNN, 16 random images labelled by it, their indices and a radius."""
+  _, predict = small_cnn_predict()
+  x = rng.uniform(0, 1, (16, 8, 8, 1)).astype(np.float32)
+  return predict, x, np.argmax(predict(x).numpy(), 1).astype(np.int32), np.arange(
+      16, dtype=np.int32), eps
+
+
+def _chosen_and_logit_order(attack, predict, x, y, eps):
+  """The attack's stage choice [16, 9] and each point's other classes by logit (stage s: the
+  class of rank s + 2)."""
+  chosen = attack.select_stages(predict, x, y, tf.fill([16], eps), 9).numpy()
+  return chosen, np.argsort(-predict(x).numpy(), 1, kind='stable')[:, 1:]
+
+
 def test_fast_apgd_t_reruns_autoattacks_runs_for_the_classes_malt_picks(rng):
   """apgd-t-malt breaks a point iff AutoAttack's APGD-T run toward one of the point's MALT
   classes (k nearest at x, k at the probe point) breaks it: the same runs, fewer of them."""
-  _, predict = small_cnn_predict()
-  x = rng.uniform(0, 1, (16, 8, 8, 1)).astype(np.float32)
-  y = np.argmax(predict(x).numpy(), 1).astype(np.int32)
-  index, eps = np.arange(16, dtype=np.int32), 0.04
+  predict, x, y, index, eps = _random_points(rng, 0.04)
   fast_t = get_attack('apgd-t-malt', 'Linf', nb_iter=10, n_target_classes=2)
-  chosen = fast_t.select_stages(predict, x, y, tf.fill([16], eps), 9).numpy()
-  by_logit = np.argsort(-predict(x).numpy(), 1, kind='stable')[:, 1:]  # stage s: rank s + 2
+  chosen, by_logit = _chosen_and_logit_order(fast_t, predict, x, y, eps)
   at_probe = probe(predict, x, y, eps, 'Linf')
   nearest = np.concatenate([malt_order(predict, x, y).numpy()[:, :2],
                             malt_order(predict, at_probe, y).numpy()[:, :2]], 1)
@@ -98,13 +109,9 @@ def test_fast_apgd_t_reruns_autoattacks_runs_for_the_classes_malt_picks(rng):
 def test_fast_fab_t_reruns_autoattacks_runs_for_the_classes_malt_ranks_nearest_at_x(rng):
   """fab-t-malt breaks a point iff AutoAttack's FAB-T run toward one of the k classes MALT ranks
   nearest at x breaks it."""
-  _, predict = small_cnn_predict()
-  x = rng.uniform(0, 1, (16, 8, 8, 1)).astype(np.float32)
-  y = np.argmax(predict(x).numpy(), 1).astype(np.int32)
-  index, eps = np.arange(16, dtype=np.int32), 0.03
+  predict, x, y, index, eps = _random_points(rng, 0.03)
   fast_fab = get_attack('fab-t-malt', 'Linf', nb_iter=10, n_target_classes=2)
-  chosen = fast_fab.select_stages(predict, x, y, tf.fill([16], eps), 9).numpy()
-  by_logit = np.argsort(-predict(x).numpy(), 1, kind='stable')[:, 1:]  # stage s: rank s + 2
+  chosen, by_logit = _chosen_and_logit_order(fast_fab, predict, x, y, eps)
   nearest = malt_order(predict, x, y).numpy()[:, :2]
   np.testing.assert_array_equal(chosen, (by_logit[:, :, None] == nearest[:, None]).any(2))
   assert np.all(chosen.sum(1) == 2)

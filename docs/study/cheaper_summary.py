@@ -73,14 +73,14 @@ def main(out, prefix):
     names = sorted({row for row, _ in rows})
     for name in names:
       points = sorted((e, rs) for (row, e), rs in rows.items() if row == name)
-      xs = [np.mean([r['step_seconds'] for r in rs]) for _, rs in points]
+      xs = [np.mean([r['cpu_seconds'] for r in rs]) for _, rs in points]
       ys = [100 * np.mean([r['robust'] for r in rs]) for _, rs in points]
       style = dict(color='black', lw=2) if name == 'faithful' else {}
       ax.plot(xs, ys, 'o-', label=name, **style)
       for (_, rs) in points:  # each seed's point, faintly
-        ax.scatter([r['step_seconds'] for r in rs], [100 * r['robust'] for r in rs], s=8,
+        ax.scatter([r['cpu_seconds'] for r in rs], [100 * r['robust'] for r in rs], s=8,
                    alpha=0.3, color=ax.lines[-1].get_color())
-    ax.set_xlabel('training-step seconds (cumulative)')
+    ax.set_xlabel('CPU seconds of training (cumulative; the least load-sensitive clock here)')
     ax.set_ylabel('AutoAttack robust accuracy (%)')
     ax.set_title(f'{data}: robustness against training time', fontsize=9)
     ax.grid(alpha=0.3)
