@@ -41,6 +41,24 @@ def test_malt_ranks_the_exact_nearest_class_first_on_affine_models(norm):
                                   got[i])
 
 
+def test_malt_ranks_through_models_whose_gradient_updates_state():
+  """A model that counts its backward passes in a variable (as bench_autoattack's counter does):
+  the ranking must not depend on vectorising its gradient."""
+  p = MulticlassAffine('Linf', batch=8)
+  backward_passes = tf.Variable(0, dtype=tf.int64)
+
+  @tf.custom_gradient
+  def counted(x):
+    def grad(dy):
+      with tf.control_dependencies([backward_passes.assign_add(1)]):
+        return tf.identity(dy)
+    return tf.identity(x), grad
+
+  order = tf.function(lambda x, y: malt_order(lambda v: p.predict(counted(v)), x, y))
+  np.testing.assert_array_equal(order(p.x, p.y), malt_order(p.predict, p.x, p.y))
+  assert backward_passes.numpy() > 0
+
+
 def test_malt_falls_back_to_the_logit_order_without_gradients():
   p = LinearProblem('Linf', 10, batch=8)
   masked = lambda images: p.predict(tf.stop_gradient(images))

@@ -11,7 +11,7 @@ classes seen from x and from a `probe` point a few steps toward the boundary
 
 Pure functions: per example and batch-independent (the Jacobian of an inference-mode model has no
 cross-example terms), graph- and XLA-friendly. malt_scores costs one forward pass and K backward
-passes (vectorised by `batch_jacobian`).
+passes.
 """
 import tensorflow as tf
 
@@ -27,12 +27,18 @@ def malt_scores(predict, x, y, norm='Linf'):
   name = norms_lib.get_norm(norm).name
   x = tf.convert_to_tensor(x)
   y = tf.cast(y, tf.int32)
-  with tf.GradientTape(watch_accessed_variables=False) as tape:
+  # One backward pass per class, not batch_jacobian: its vectorisation (pfor) fails on ops it
+  # cannot convert, e.g. a model that updates a variable in its gradient. Examples are independent
+  # in inference mode, so the gradient of a column's batch sum is each example's gradient.
+  with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
     tape.watch(x)
     logits = tf.cast(predict(x), tf.float32)
     gap = tf.gather(logits, y, axis=1, batch_dims=1)[:, None] - logits  # [B, K]
-  jac = tape.batch_jacobian(gap, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-  jac = tf.reshape(tf.cast(jac, tf.float32), [tf.shape(x)[0], tf.shape(gap)[1], -1])
+    columns = tf.unstack(gap, num=logits.shape[-1], axis=1)
+  jac = tf.stack([tf.reshape(tf.cast(tape.gradient(
+      c, x, unconnected_gradients=tf.UnconnectedGradients.ZERO), tf.float32), [tf.shape(x)[0], -1])
+                  for c in columns], axis=1)  # [B, K, D]
+  del tape
   dual = (tf.reduce_sum(tf.abs(jac), axis=2) if name == 'Linf'
           else tf.sqrt(tf.reduce_sum(tf.square(jac), axis=2)))
   own = tf.one_hot(y, tf.shape(gap)[1], on_value=True, off_value=False)
