@@ -33,7 +33,8 @@ setup(
         'cpu': ['tensorflow-cpu>=2.16'],
         'gpu': ['tensorflow[and-cuda]>=2.16'],
         'plots': ['matplotlib'],  # PNG plots of mma-evaluate's report and docs/study
-        'test': ['pytest', 'matplotlib'],
+        # pytest-xdist: the README's test command runs two worker processes (-n 2), BUILD.md.
+        'test': ['pytest', 'pytest-xdist', 'matplotlib'],
     },
     entry_points={'console_scripts': ['mma-train = mma_tf.cli.train:run',
                                       'mma-evaluate = mma_tf.cli.evaluate:run']},
