@@ -229,6 +229,15 @@ def test_rand_version_finds_with_eot_what_single_draws_miss():
              for w in paper['sanity']['warnings'])
 
 
+def _evaluate_registered(name, attack_class):
+  """evaluate() with only `attack_class`, registered as `name`, at Linf 0.1 on 8 linear points."""
+  if name not in ATTACKS:
+    register(name)(attack_class)
+  p = LinearProblem('Linf', 10, batch=8)
+  config = evaluation.EvalConfig(eps=(0.1,), attacks=(name,), batch_size=8, margin_estimates=())
+  return evaluation.evaluate(p.predict, p.x, p.y, config)
+
+
 @dataclasses.dataclass
 class _OutsideTheBall(Attack):
   """A broken attack: steps twice the radius toward the boundary."""
@@ -239,13 +248,8 @@ class _OutsideTheBall(Attack):
 
 
 def test_a_new_attack_is_one_registration_and_its_points_are_checked():
-  if 'test-outside-the-ball' not in ATTACKS:
-    register('test-outside-the-ball')(_OutsideTheBall)
-  p = LinearProblem('Linf', 10, batch=8)
-  config = evaluation.EvalConfig(eps=(0.1,), attacks=('test-outside-the-ball',), batch_size=8,
-                                 margin_estimates=())
   with pytest.raises(RuntimeError, match='outside the Linf ball of radius 0.1'):
-    evaluation.evaluate(p.predict, p.x, p.y, config)
+    _evaluate_registered('test-outside-the-ball', _OutsideTheBall)
 
 
 @dataclasses.dataclass
@@ -257,12 +261,7 @@ class _ClaimsEverything(Attack):
 
 
 def test_an_attack_that_claims_success_on_a_correct_point_breaks_nothing():
-  if 'test-claims-everything' not in ATTACKS:
-    register('test-claims-everything')(_ClaimsEverything)
-  p = LinearProblem('Linf', 10, batch=8)
-  config = evaluation.EvalConfig(eps=(0.1,), attacks=('test-claims-everything',), batch_size=8,
-                                 margin_estimates=())
-  results, per_example = evaluation.evaluate(p.predict, p.x, p.y, config)
+  results, per_example = _evaluate_registered('test-claims-everything', _ClaimsEverything)
   assert results['robust_acc'] == {'0.1': 1.0} and per_example['robust'].all()
   assert results['protocols']['custom']['unconfirmed'] == {'0.1': {'test-claims-everything': 8}}
   assert any('test-claims-everything claimed 8 success(es) that a fresh forward pass did not '
