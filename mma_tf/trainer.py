@@ -1,8 +1,11 @@
-"""How the loop runs: cadence, checkpoints, summaries, the non-finite policy, export as an action.
+"""The training controller: the loop of compiled step loops, and when its actions run.
 
 What is trained (model, data, objective, validation) is a `task.Task`; this module knows no
-objective by name. Everything a resumed run needs is in the checkpoint (model, optimizer, step,
-eps memory, best validation value), so a resumed run repeats an uninterrupted one exactly.
+objective by name. Around the steps, the loop runs the actions of `mma_tf.actions`, each in one
+place: the run's record (`run_record`, config.json), checkpoints (`checkpoints`), validation and
+the best model's choice (`selection`), summaries and progress lines (`summaries`) and the export
+(`export`). Everything a resumed run needs is in the checkpoint (model, optimizer, step, eps
+memory, best validation value), so a resumed run repeats an uninterrupted one exactly.
 
 Building a `Trainer` leaves process-wide random and determinism state alone (it sets Keras' dtype
 policy only while building a model, and `--model=package.module:factory` makes the working
@@ -10,36 +13,27 @@ directory importable): built-in models are initialised from
 per-layer initializer seeds derived from `config.seed`, and op determinism / global seeds are set
 only by `configure_process`, which the CLI's main calls (call it too before building your own
 model if its initial weights should follow config.seed).
-
-Multi-worker checkpoints follow TF's MultiWorkerMirroredStrategy custom-loop pattern: every worker
-saves (saving may involve collectives), only the chief's copy in model_dir is kept and read; a
-non-chief worker writes to a scratch directory that is deleted right after each save. Every worker
-restores from the chief's checkpoint, so a crash between the chief's save and a worker's cannot
-leave the workers on different steps. The model_dir must be on storage all workers can read.
 """
 import dataclasses
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from mma_tf import configs
-from mma_tf import data as data_lib
-from mma_tf import export as export_lib
 from mma_tf import objectives as objectives_lib
 from mma_tf import perturbation_memory
 from mma_tf import precision
-from mma_tf.models import user as user_models
-from mma_tf.task import TorchSGD, Task, build_optimizer, learning_rate  # noqa: F401 (public)
-
-CONFIG_FILE = 'config.json'
+from mma_tf.actions import run_record
+from mma_tf.actions.checkpoints import Checkpoints, restore_model_weights  # noqa: F401 (public)
+from mma_tf.actions.export import export_checkpoint
+from mma_tf.actions.run_record import CONFIG_FILE  # noqa: F401 (public)
+from mma_tf.actions.selection import BestModelSelection
+from mma_tf.actions.summaries import Summaries
+from mma_tf.optimizers import TorchSGD, build_optimizer, learning_rate  # noqa: F401 (public)
+from mma_tf.task import Task
 
 
 def configure_process(config):
@@ -96,6 +90,7 @@ class Trainer:
 
   model, data and objective are passed to `Task` (see there): None builds them from the config.
   The task is `trainer.task`; its model, data, objective, step and eps memory are reachable there.
+  The actions are `trainer.checkpoints` and `trainer.selection`.
   """
 
   def __init__(self, config, model_dir, strategy=None, data=None, model=None, objective=None,
@@ -131,153 +126,44 @@ class Trainer:
       raise ValueError(f'--batch_size={config.batch_size} exceeds the '
                        f'{data.num_train_total - data.num_validation} training images of '
                        f'{data.name}.')
-    self.selection_metric = self.task.objective.selection_metric
-    self._check_model_dir()
-    with self.strategy.scope():
-      # The best value of the selection metric (checkpoint key from when it was always the margin).
-      self.best_value = tf.Variable(-np.inf, trainable=False, name='best_val_metric')
-      self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name='best_step')
-    self.checkpoint = tf.train.Checkpoint(best_margin=self.best_value, best_step=self.best_step,
-                                          **self.task.checkpoint_items())
-    self.manager = tf.train.CheckpointManager(
-        self.checkpoint, self._write_dir('ckpt'), max_to_keep=3)
-    self.best_manager = tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=self.task.model), self._write_dir('best'), max_to_keep=1)
+    run_record.open_run(self.task, model_dir, self.is_chief, log)
+    self.checkpoints = Checkpoints(self.task, model_dir, self.strategy, self.is_chief)
+    self.selection = BestModelSelection(self.task, self.checkpoints, self.steps_per_epoch)
+    self.selection_metric = self.selection.metric
 
-  # ------------------------------------------------------------------------------ model dir
-  def _run_record(self):
-    """config.json: the configuration (nested, key 'config'; runs of earlier versions wrote it
-    flat, configs.flat_record) plus what identifies the data and the model's source."""
-    return {'config': self.config.to_dict(), 'data': self.task.data.identity(),
-            'model_source': user_models.model_identity(self.config.model)}
-
-  def _check_model_dir(self):
-    try:
-      os.makedirs(self.model_dir, exist_ok=True)
-      probe = tempfile.NamedTemporaryFile(dir=self.model_dir, delete=True)
-      probe.close()
-    except OSError as e:
-      raise ValueError(f'--model_dir={self.model_dir} is not writable ({e}).') from e
-    path = os.path.join(self.model_dir, CONFIG_FILE)
-    saved = None
-    if os.path.exists(path):
-      try:
-        with open(path) as f:
-          saved = json.load(f)
-      except (OSError, ValueError) as e:
-        raise ValueError(f'{path} is unreadable ({e}); restore it, or use a new '
-                         '--model_dir.') from e
-      self._resume_validation_split(saved)
-    record = self._run_record()
-    if saved is not None:
-      # Resuming with other settings would mix two runs in one directory; fields marked
-      # resumable (loop length, cadence) may change, and fields added by a later version resume
-      # at their default (configs.resume_conflicts). Runs written before config.json recorded the
-      # data and model source are compared on their configuration only.
-      conflicts = configs.resume_conflicts(saved, self.config)
-      if 'data' in saved:
-        conflicts += data_lib.identity_conflicts(saved['data'], record['data'])
-      if 'model_source' in saved and saved['model_source'] != record['model_source']:
-        conflicts.append(f'model_source: saved {saved["model_source"]}, now '
-                         f'{record["model_source"]}')
-      if conflicts:
-        raise ValueError(
-            f'{self.model_dir} holds a run with another configuration ({"; ".join(conflicts)}). '
-            'Use a new --model_dir, or the same flags and data to resume.')
-    try:
-      for warning in self.task.data.check_label_mix():
-        self.log(f'warning: {warning}')
-    except ValueError as e:
-      if saved is None:
-        raise  # a new run: nothing written yet
-      self.log(f'warning: {e}')  # a run started before the check: it resumes as it began
-    if self.is_chief:
-      _atomic_write(path, json.dumps(record, indent=2, sort_keys=True))
-
-  def _resume_validation_split(self, saved):
-    """An array source left at its default validation split resumes on the split the run
-    recorded; runs from before it was recorded validated on the first images."""
-    data = self.task.data
-    recorded = saved.get('data', {}).get('validation_split', 'first')
-    if getattr(data, 'validation_split_given', True) or data.validation_split == recorded:
-      return
-    self.task.data = data.with_validation_split(recorded)
-    self.log(f'Resuming with the validation split {self.model_dir} began with ({recorded}).')
-
-  def _write_dir(self, name):
-    """Chief writes to the model dir; other workers to a scratch dir (all must save)."""
-    if self.is_chief:
-      return os.path.join(self.model_dir, name)
-    resolver = self.strategy.cluster_resolver
-    return os.path.join(self.model_dir, f'.worker_{resolver.task_type}_{resolver.task_id}', name)
-
-  def _save(self, manager, step):
-    """Saves on every worker; a non-chief's scratch copy is deleted at once (never read)."""
-    manager.save(checkpoint_number=step)
-    if not self.is_chief:
-      tf.io.gfile.rmtree(manager.directory)
-
-  def _latest_chief_checkpoint(self):
-    return tf.train.latest_checkpoint(os.path.join(self.model_dir, 'ckpt'))
-
-  # ------------------------------------------------------------------------------ loop
   def evaluate(self, split='validation'):
     """Clean and PGD (test_eps) accuracy and the average AN-PGD margin on a split."""
     return self.task.validate(split)
 
   def restore(self):
-    """Restores the chief's latest checkpoint, if any; returns the step restored (0 for a new run).
-
-    Every worker reads the chief's directory, so all replicas start from the same weights, step
-    and eps table (a non-chief keeps no checkpoint of its own).
-    """
-    latest = self._latest_chief_checkpoint()
-    if latest is None:
-      return 0
-    try:
-      self.checkpoint.restore(latest).assert_existing_objects_matched()
-    except (tf.errors.OpError, AssertionError, ValueError) as e:
-      raise ValueError(f'Checkpoint {latest} cannot be restored ({type(e).__name__}: '
-                       f'{str(e).splitlines()[0][:300]}). It is corrupt or from another model; '
-                       'move it away to start over, or point --model_dir elsewhere.') from e
-    return int(self.task.step.numpy())
+    """Restores the chief's latest checkpoint, if any; returns the step restored (0 for a new run)."""
+    return int(self.task.step.numpy()) if self.checkpoints.restore() else 0
 
   def train(self):
-    """Trains to `train_steps`, validating and checkpointing every epoch; exports the best model.
-
-    Returns a summary dict (final step, best validation value and its step, last validation,
-    seconds of this call and the part of them spent in training steps). The best model is chosen
-    among epoch ends and, if train_steps ends no epoch, that final step: its validation competes
-    only at the end, so a run stopped there and resumed for longer chooses as a run of the final
-    length would.
-    """
+    """Trains to `train_steps`, validating and checkpointing every epoch; exports the best model
+    (actions.selection says which). Returns a summary dict (final step, best validation value and
+    its step, last validation, seconds of this call and the part of them in training steps)."""
     config = self.config
     start = step = self.restore()
     if start:
       self.log(f'Resumed from step {start} in {self.model_dir}.')
-    writers = {name: tf.summary.create_file_writer(
-        os.path.join(self.model_dir, name) if self.is_chief else self._write_dir(name))
-               for name in ('train', 'validation')}
+    summaries = Summaries(self.task, self.checkpoints, config.train_steps, start, self.log)
     t0, last_val = time.time(), {}
     self._step_seconds = 0.0  # in training steps only (no validation, checkpoints or export)
     while step < config.train_steps:
       epoch, start_batch = divmod(step, self.steps_per_epoch)
       epoch_end = min((epoch + 1) * self.steps_per_epoch, config.train_steps)
-      step = self._train_epoch(epoch, start_batch, step, epoch_end, writers['train'], t0, start)
-      last_val = self._validate(step, writers['validation'])
-      self._save(self.manager, step)
-    best_value, best_step = float(self.best_value.numpy()), int(self.best_step.numpy())
-    final_checkpoint = None
-    if step % self.steps_per_epoch:
-      if not last_val:  # a finished run started again: its final step is validated again
-        last_val = self.evaluate('validation')
-      if last_val[self.selection_metric] > best_value:
-        best_value, best_step = last_val[self.selection_metric], step
-        final_checkpoint = self._latest_chief_checkpoint()
+      step = self._train_epoch(epoch, start_batch, step, epoch_end, summaries)
+      last_val, note = self.selection.validate(step)
+      epoch = (step + self.steps_per_epoch - 1) // self.steps_per_epoch  # the one step ends or is in
+      summaries.validation(step, epoch, last_val, note)
+      self.checkpoints.save(step)
+    best_value, best_step, final_checkpoint, last_val = self.selection.final_choice(step,
+                                                                                     last_val)
     export_dir = os.path.join(self.model_dir, 'export')
     if self.is_chief and (start < config.train_steps or not os.path.exists(export_dir)):
       self.export_best(export_dir, final_checkpoint)
-    self._cleanup_worker_dirs()
+    self.checkpoints.remove_scratch()
     summary = {'step': step, 'selection_metric': self.selection_metric,
                'best_val_value': best_value, 'best_step': best_step, 'validation': last_val,
                'export': export_dir, 'seconds': round(time.time() - t0, 1),
@@ -285,10 +171,11 @@ class Trainer:
     if self.selection_metric == 'avg_margin':
       summary['best_val_margin'] = summary['best_val_value']
     if self.is_chief:
-      _atomic_write(os.path.join(self.model_dir, 'summary.json'), json.dumps(summary, indent=2))
+      run_record.atomic_write(os.path.join(self.model_dir, 'summary.json'),
+                              json.dumps(summary, indent=2))
     return summary
 
-  def _train_epoch(self, epoch, start_batch, step, epoch_end, writer, t0, start):
+  def _train_epoch(self, epoch, start_batch, step, epoch_end, summaries):
     """Steps from `step` to `epoch_end` of `epoch` in loops of up to steps_per_loop steps (one
     host sync each), ending at every log, checkpoint and epoch boundary."""
     c = self.config
@@ -298,24 +185,12 @@ class Trainer:
     while step < epoch_end:
       n = min(c.steps_per_loop, epoch_end - step, until(c.log_every), until(c.checkpoint_every))
       started = time.perf_counter()
-      try:
-        out = self.task.train_loop(iterator, tf.constant(n, tf.int64))
-      except tf.errors.InvalidArgumentError as e:
-        failed = re.search(r'assertion failed: \[(.*?)\]', e.message)
-        if not failed:
-          raise
-        # The data pipeline's checks (data.py train_dataset).
-        raise ValueError(f'Bad training data in steps {step + 1}-{step + n}: {failed.group(1)}. '
-                         'Nothing was saved after the last checkpoint.') from e
-      except tf.errors.OutOfRangeError as e:
-        raise ValueError(f'The training data ran out in steps {step + 1}-{step + n} of epoch '
-                         f'{epoch + 1}: the dataset is shorter than its declared size '
-                         f'({self.task.data.num_train_total}, num_examples).') from e
+      out = self._train_loop(iterator, n, step, epoch)
       first, step = step + 1, step + n
       bad = int(out.pop('first_non_finite_step'))  # waits for the loop's last step
       self._step_seconds += time.perf_counter() - started
       if bad >= 0:
-        latest = self._latest_chief_checkpoint()
+        latest = self.checkpoints.latest()
         loop = f' (in the loop of steps {first}-{step})' if n > 1 else ''
         raise NonFiniteLossError(
             f'Non-finite loss at step {bad}{loop}. Nothing was saved after it; the last good '
@@ -326,77 +201,33 @@ class Trainer:
         window[k] = window.get(k, 0.0) + float(v)
       window['examples'] = window.get('examples', 0) + c.batch_size * n
       if step % c.log_every == 0 or step == epoch_end:
-        self._log_train(writer, step, window, eps, t0, start)
+        summaries.train(step, window, eps)
         window = {}
       if step % c.checkpoint_every == 0 and step != epoch_end:
-        self._save(self.manager, step)
+        self.checkpoints.save(step)
     return step
 
-  def _validate(self, step, writer):
-    """Validation after an epoch, or at a final step that ends none. At an epoch end a new best
-    of the selection metric saves the best model; a final step's validation never replaces it
-    (a longer run would not validate there): `train` weighs it against the best at the end."""
-    val = self.evaluate('validation')
-    at_epoch_end = step % self.steps_per_epoch == 0
-    improved = val[self.selection_metric] > float(self.best_value.numpy())
-    if improved and at_epoch_end:
-      self.best_value.assign(val[self.selection_metric])
-      self.best_step.assign(step)
-      self._save(self.best_manager, step)
-    with writer.as_default(step=step):
-      for k, v in val.items():
-        tf.summary.scalar(k, v)
-    epoch = step // self.steps_per_epoch + (not at_epoch_end)
-    note = ''
-    if improved:
-      note = ' (best)' if at_epoch_end else ' (final step; above the best epoch end)'
-    self.log(f'epoch {epoch} step {step}: validation clean_acc {val["clean_acc"]:.4f} '
-             f'pgd_acc@{self.config.test_eps:g} {val["pgd_acc"]:.4f} avg_margin '
-             f'{val["avg_margin"]:.4f}{note}')
-    return val
-
-  def _log_train(self, writer, step, window, eps, t0, start):
-    n = window.pop('examples')
-    window.pop('total_loss', None)
-    metrics = self.task.objective.summarize(window, n)
-    # The optimizer's own rate (on the trainer's step: the one the next step uses).
-    lr = float(tf.convert_to_tensor(self.task.optimizer.learning_rate))
-    with writer.as_default(step=step):
-      for k, v in metrics.items():
-        tf.summary.scalar(k, v)
-      tf.summary.scalar('learning_rate', lr)
-      if self.task.objective.uses_eps_memory:
-        tf.summary.histogram('eps_memory', self.task.eps_memory)
-        tf.summary.histogram('eps_batch', eps)
-    rate = (step - start) / max(time.time() - t0, 1e-9)
-    eta = (self.config.train_steps - step) / max(rate, 1e-9)
-    text = ' '.join(f'{k} {v:.4f}' for k, v in sorted(metrics.items()))
-    self.log(f'step {step}/{self.config.train_steps} {text} lr {lr:.2g} '
-             f'{rate:.2f} steps/s eta {eta / 60:.1f} min')
+  def _train_loop(self, iterator, n, step, epoch):
+    """The task's compiled loop of n steps, with the input pipeline's failures in plain words."""
+    try:
+      return self.task.train_loop(iterator, tf.constant(n, tf.int64))
+    except tf.errors.InvalidArgumentError as e:
+      failed = re.search(r'assertion failed: \[(.*?)\]', e.message)
+      if not failed:
+        raise
+      # The data pipeline's checks (data.py train_dataset).
+      raise ValueError(f'Bad training data in steps {step + 1}-{step + n}: {failed.group(1)}. '
+                       'Nothing was saved after the last checkpoint.') from e
+    except tf.errors.OutOfRangeError as e:
+      raise ValueError(f'The training data ran out in steps {step + 1}-{step + n} of epoch '
+                       f'{epoch + 1}: the dataset is shorter than its declared size '
+                       f'({self.task.data.num_train_total}, num_examples).') from e
 
   def export_best(self, export_dir, checkpoint=None):
-    """Exports `checkpoint` (default: the best one, else the latest) as a SavedModel, atomically.
-
-    The exported model is a new one from the task's factory (outside the strategy's scope), or,
-    for a model given as an instance, the live model, which then keeps the best weights. Raises
-    ValueError, writing nothing, unless every weight of the model came from the checkpoint and
-    every model weight in the checkpoint found its place.
-    """
-    best = checkpoint or self.best_manager.latest_checkpoint or self.manager.latest_checkpoint
-    if self.task.model_fn is not None:
-      model = self.task.new_model()
-      if not best:
-        model.set_weights(self.task.model.get_weights())
-    else:
-      model = self.task.model
-    if best:
-      restore_model_weights(model, best)
-    export_lib.export_saved_model(model, export_dir, self.task.data.image_shape)
-    self.log(f'Exported {"best checkpoint " + best if best else "final weights"} to {export_dir}')
-
-  def _cleanup_worker_dirs(self):
-    if not self.is_chief:
-      shutil.rmtree(os.path.dirname(self._write_dir('ckpt')), ignore_errors=True)
+    """Exports `checkpoint` (default: the best one, else the latest) as a SavedModel, atomically
+    (actions.export.export_checkpoint)."""
+    export_checkpoint(self.task, checkpoint or self.checkpoints.best_or_latest(), export_dir,
+                      self.log)
 
 
 def _python_name(model):
@@ -406,52 +237,3 @@ def _python_name(model):
   if not hasattr(target, '__qualname__') or isinstance(model, keras.Model):
     target = type(target)
   return f'{target.__module__}:{target.__qualname__}'
-
-
-def _saved_model_weight_count(path):
-  """Number of distinct variables reachable from the checkpoint's `model` entry.
-
-  Read from the object graph, not the tensor names: a variable is stored once, under whichever
-  path reached it first (often optimizer/...), so names under model/ undercount.
-  """
-  graph = trackable_object_graph_pb2.TrackableObjectGraph()
-  graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'))
-  roots = [c.node_id for c in graph.nodes[0].children if c.local_name == 'model']
-  seen, stack = set(), list(roots)
-  while stack:
-    node = stack.pop()
-    if node not in seen:
-      seen.add(node)
-      stack.extend(c.node_id for c in graph.nodes[node].children)
-  return sum(1 for n in seen
-             if any(a.name == 'VARIABLE_VALUE' for a in graph.nodes[n].attributes))
-
-
-def restore_model_weights(model, path):
-  """Restores `model` from the `model` entry of checkpoint `path`, requiring an exact match.
-
-  expect_partial() would silently leave unmatched weights at their initial values; here every
-  weight of `model` must be restored and the checkpoint must hold no other model weights.
-  """
-  status = None
-  try:
-    status = tf.train.Checkpoint(model=model).restore(path)
-    status.assert_existing_objects_matched()
-    saved = _saved_model_weight_count(path)
-  except (tf.errors.OpError, AssertionError, ValueError) as e:
-    raise ValueError(f'Checkpoint {path} does not match model {model.name!r} '
-                     f'({type(e).__name__}: {str(e).splitlines()[0][:300]}); it is from another '
-                     'model or configuration. Nothing was exported.') from e
-  finally:
-    if status is not None:  # checked here; the optimizer's, step's... values are not wanted
-      status.expect_partial()
-  if saved != len(model.weights):
-    raise ValueError(f'Checkpoint {path} holds {saved} model weights but {model.name!r} has '
-                     f'{len(model.weights)}; it is from another model. Nothing was exported.')
-
-
-def _atomic_write(path, text):
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)

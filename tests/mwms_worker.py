@@ -43,7 +43,7 @@ def _state(trainer):
 
 def _crash_after_chief_save(trainer, crash_step):
   """Wraps the non-chief's checkpoint save: at crash_step, wait for the chief's, then die."""
-  save = trainer.manager.save
+  save = trainer.checkpoints.manager.save
   chief_dir = os.path.join(trainer.model_dir, 'ckpt')
 
   def save_or_die(checkpoint_number=None, **kwargs):
@@ -58,7 +58,7 @@ def _crash_after_chief_save(trainer, crash_step):
       os._exit(CRASH_EXIT_CODE)
     return save(checkpoint_number=checkpoint_number, **kwargs)
 
-  trainer.manager.save = save_or_die
+  trainer.checkpoints.manager.save = save_or_die
 
 
 def main(model_dir, steps, checkpoint_every=10, crash_step=None):

@@ -144,7 +144,7 @@ def test_training_raises_the_margin_and_exports_a_differentiable_savedmodel(data
   predict, spec = export_lib.load_classifier(os.path.join(model_dir, 'export'))
   assert tuple(spec.shape[1:]) == (28, 28, 1)
   best = models.build_model(config.model, (28, 28, 1), 10)
-  trainer_lib.restore_model_weights(best, trainer.best_manager.latest_checkpoint)
+  trainer_lib.restore_model_weights(best, trainer.checkpoints.best_manager.latest_checkpoint)
   x = tf.constant(data.test_images[:8] / 255.0, tf.float32)
   np.testing.assert_allclose(predict(x), best(x), atol=1e-5)
   with tf.GradientTape() as tape:
@@ -155,8 +155,8 @@ def test_training_raises_the_margin_and_exports_a_differentiable_savedmodel(data
 
 
 def _save_best(trainer, step=1):
-  trainer.best_manager.save(checkpoint_number=step)
-  return trainer.best_manager.latest_checkpoint
+  trainer.checkpoints.best_manager.save(checkpoint_number=step)
+  return trainer.checkpoints.best_manager.latest_checkpoint
 
 
 def test_export_refuses_a_checkpoint_that_does_not_match_the_model(data, tmp_path):
@@ -173,7 +173,7 @@ def test_export_refuses_a_checkpoint_that_does_not_match_the_model(data, tmp_pat
     run = tmp_path / name
     shutil.copytree(source, run / 'best')
     trainer = trainer_lib.Trainer(tiny_config(), str(run), data=data, log=quiet)
-    assert trainer.best_manager.latest_checkpoint.endswith('best/ckpt-1')
+    assert trainer.checkpoints.best_manager.latest_checkpoint.endswith('best/ckpt-1')
     with pytest.raises(ValueError, match='does not match model.*Nothing was exported'):
       trainer.export_best(str(run / 'export'))
     assert not os.path.exists(run / 'export') and not os.path.exists(run / 'export.tmp')
@@ -185,6 +185,34 @@ def test_export_refuses_a_checkpoint_that_does_not_match_the_model(data, tmp_pat
   good.export_best(str(tmp_path / 'good' / 'export'))
   predict, _ = export_lib.load_classifier(str(tmp_path / 'good' / 'export'))
   assert float(tf.reduce_max(tf.abs(predict(tf.zeros([1, 28, 28, 1]))))) > 0  # not the zeros
+
+
+def test_a_checkpoint_with_the_old_best_margin_key_resumes(data, tmp_path):
+  """Checkpoints store the best value of the selection metric as 'best_value'; those of earlier
+  versions stored it as 'best_margin' and still resume, with everything else they hold."""
+  quiet = lambda m: None
+  old = trainer_lib.Trainer(tiny_config(), str(tmp_path), data=data, log=quiet)
+  old.task.model.set_weights([w + 0.5 for w in old.task.model.get_weights()])
+  old.task.step.assign(3)
+  old.checkpoints.best_value.assign(0.25)
+  old.checkpoints.best_step.assign(2)
+  earlier_layout = tf.train.Checkpoint(best_margin=old.checkpoints.best_value,
+                                       best_step=old.checkpoints.best_step,
+                                       **old.task.checkpoint_items())
+  tf.train.CheckpointManager(earlier_layout, str(tmp_path / 'ckpt'),
+                             max_to_keep=3).save(checkpoint_number=3)
+  resumed = trainer_lib.Trainer(tiny_config(), str(tmp_path), data=data, log=quiet)
+  assert resumed.restore() == 3
+  assert float(resumed.checkpoints.best_value.numpy()) == 0.25
+  assert int(resumed.checkpoints.best_step.numpy()) == 2
+  for a, b in zip(resumed.task.model.get_weights(), old.task.model.get_weights()):
+    np.testing.assert_array_equal(a, b)
+  resumed.task.step.assign(4)
+  resumed.checkpoints.save(4)  # saved again under the current key
+  keys = {name.split('/')[0] for name, _ in tf.train.list_variables(resumed.checkpoints.latest())}
+  assert 'best_value' in keys and 'best_margin' not in keys
+  again = trainer_lib.Trainer(tiny_config(), str(tmp_path), data=data, log=quiet)
+  assert again.restore() == 4 and float(again.checkpoints.best_value.numpy()) == 0.25
 
 
 def test_export_refuses_a_checkpoint_with_extra_model_weights(data, tmp_path):

@@ -65,8 +65,8 @@ def test_user_model_trains_exports_and_reloads_with_input_gradients(factory, sou
   # The export holds the best checkpoint of the user's own model, not a rebuilt registry model
   # (4 steps end no epoch of 10: the final step's, the only one validated).
   best = trainer.task.new_model()
-  assert summary['best_step'] == 4 and trainer.best_manager.latest_checkpoint is None
-  trainer_lib.restore_model_weights(best, trainer.manager.latest_checkpoint)
+  assert summary['best_step'] == 4 and trainer.checkpoints.best_manager.latest_checkpoint is None
+  trainer_lib.restore_model_weights(best, trainer.checkpoints.manager.latest_checkpoint)
   np.testing.assert_allclose(predict(tf.constant(x)), best(x, training=False), atol=1e-5)
   assert np.abs(_input_gradient(predict, x, y)).sum() > 0
   with open(os.path.join(model_dir, 'config.json')) as f:
