@@ -59,7 +59,7 @@ class Checkpoints:
     _save(self.best_manager, step, self.is_chief)
 
   def restore(self):
-    """Restores the chief's latest checkpoint, if any; returns the step restored (0: none).
+    """Restores the chief's latest checkpoint, if any; returns its path (None: no checkpoint).
 
     Every worker reads the chief's directory, so all replicas start from the same weights, step
     and eps table (a non-chief keeps no checkpoint of its own).
