@@ -136,7 +136,7 @@ def main(_):
                                  margin_estimates=(), batch_size=bs,
                                  fast_n_target_classes=FLAGS.fast_n_target_classes,
                                  fast_square_queries=FLAGS.fast_square_queries)
-  signs = fast.masking_signs(sanity.model_checks(predict, x[:bs], y[:bs]))
+  checks = sanity.model_checks(predict, x[:bs], y[:bs])  # the fast protocol's Square reads them
   counts = {k: tf.Variable(tf.zeros([bs + 1], tf.int64)) for k in ('fwd', 'bwd')}
   counted = _counting(predict, counts)
   clean_logits = predict(tf.constant(x))
@@ -146,22 +146,20 @@ def main(_):
 
   def ensemble(protocol, attacks):
     """The attacks alone (no clean pass, noise or sanity checks), in order, each on the points
-    the earlier ones left robust (the fast protocol's Square with its budget rule): per attack,
-    passes per batch size, seconds, robust accuracy and (while runner.sample is on) the mean
-    seconds of one pass alone per kind and batch size; and the final robust set."""
+    the earlier ones left robust (the fast protocol's Square continued where its budget rule
+    says so): per attack, passes per batch size, seconds, robust accuracy and (while
+    runner.sample is on) the mean seconds of one pass alone per kind and batch size; and the
+    final robust set."""
     robust, passes, seconds, acc, alone = start_robust, {}, {}, {}, {}
     for attack in attacks:
       for v in counts.values():
         v.assign(tf.zeros_like(v))
       runner.pass_seconds.clear()
       runner.sampling_seconds = 0.0
-      args = (runner, counted, [attack], x, y, index, FLAGS.eps, robust, config.seed,
-              clean_logits.shape[-1])
-      if protocol == 'fast' and attack.name == 'square':
-        out = fast.run_fast(*args, full_queries=config.square_queries, signs=signs)
-        squares[protocol] = (out['square_queries'], out['square_reason'])
-      else:
-        out = run_attacks(*args)
+      out = run_attacks(runner, counted, [attack], x, y, index, FLAGS.eps, robust, config.seed,
+                        clean_logits.shape[-1], checks=checks)
+      if 'square_queries' in out['facts'][0]:
+        squares[protocol] = (out['facts'][0]['square_queries'], out['facts'][0]['square_reason'])
       robust = out['robust']
       passes[attack.name] = (counts['fwd'].numpy(), counts['bwd'].numpy())
       seconds[attack.name] = out['seconds'][0] - runner.sampling_seconds

@@ -14,7 +14,6 @@ from helpers import LinearProblem, MulticlassAffine, radii_between, small_cnn_pr
 from mma_tf import evaluation
 from mma_tf.attacks.malt import malt_order, malt_scores, probe
 from mma_tf.attacks.registry import get_attack
-from mma_tf.evaluation import fast
 from mma_tf.evaluation.common import stream_example_seeds
 from mma_tf.evaluation.runner import Runner, run_attacks
 
@@ -141,12 +140,21 @@ def test_fast_fab_t_reruns_autoattacks_runs_for_the_classes_malt_ranks_nearest_a
   assert 0 < (~got['robust']).sum() < 16 and (runs & ~chosen).any()  # runs left out mattered
 
 
+def _checks(signs):
+  """Model checks (sanity.model_checks) that flag the given signs of masking."""
+  return {'zero_gradient_fraction': 0.0, 'nondeterministic': 'the outputs are random' in signs,
+          'looks_like_probabilities': False}
+
+
 def _square_alone(p, predict, eps, short, full, signs):
-  """(the fast driver with Square alone, AutoAttack's full Square) on the same points."""
+  """(the fast protocol's Square alone, with its report facts; AutoAttack's full Square) on the
+  same points."""
   runner = Runner(len(p.y))
   args = (p.x, p.y, np.arange(len(p.y), dtype=np.int32), eps, np.ones(len(p.y), bool), 0, 10)
-  got = fast.run_fast(runner, predict, [get_attack('square', 'Linf', n_queries=short)], *args,
-                      full_queries=full, signs=signs)
+  got = run_attacks(runner, predict, [get_attack('square', 'Linf', n_queries=short,
+                                                 full_queries=full)], *args,
+                    checks=_checks(signs))
+  got.update(got['facts'][0])
   return got, run_attacks(runner, predict, [get_attack('square', 'Linf', n_queries=full)], *args)
 
 
@@ -170,6 +178,44 @@ def test_square_continues_to_the_full_budget_when_the_short_run_breaks_a_point()
   # Nothing broken by the short run: the short budget stands.
   below, _ = _square_alone(p, masked, float(p.margin.min() * 0.6), 100, 300, signs=[])
   assert below['square_queries'] == 100 and below['square_reason'] is None
+
+
+def test_the_continued_square_does_not_repeat_the_short_runs_queries():
+  """Gradients that point the wrong way: the gradient attacks break nothing, the short Square run
+  breaks some points, so fast continues it. The continuation resumes each point's search, so fast
+  costs a single full-budget Square's forward passes (plus the continuation's final check and
+  the evaluator's confirmation of it), not the short run's again, and gives its verdict."""
+  p = LinearProblem('Linf', 10, batch=12)
+  calls = tf.Variable(0, dtype=tf.int64)
+  examples = tf.Variable(0, dtype=tf.int64)
+
+  @tf.custom_gradient
+  def reversed_gradient(x):
+    return tf.identity(x), lambda dy: -dy
+
+  def counted(images):  # in the graph: passes inside tf.while_loop count too
+    with tf.control_dependencies([calls.assign_add(1),
+                                  examples.assign_add(tf.cast(tf.shape(images)[0], tf.int64))]):
+      return p.predict(reversed_gradient(images))
+
+  def fast_run(short):
+    calls.assign(0), examples.assign(0)
+    config = evaluation.EvalConfig(norm='Linf', eps=(float(np.median(p.margin) * 1.2),),
+                                   batch_size=12, protocol='fast',
+                                   **dict(QUICK, fast_square_queries=short))
+    results, per_example = evaluation.evaluate(counted, p.x, p.y, config)
+    return results['protocols']['fast'], per_example, int(calls.numpy()), int(examples.numpy())
+
+  continued, per_example, calls_continued, examples_continued = fast_run(100)
+  full, full_per_example, calls_full, examples_full = fast_run(300)  # one 300-query run
+  assert continued['acc_after'][next(iter(continued['acc_after']))]['fab-t-malt'] == 1.0
+  assert 'the 100-query run broke' in next(iter(continued['square_reason'].values()))
+  assert list(continued['square_queries'].values()) == [300]
+  assert 0 < per_example['fast_robust'].sum() < 12
+  for k in ('fast_robust', 'fast_broken_by', 'fast_adv_norm'):
+    np.testing.assert_array_equal(per_example[k], full_per_example[k])
+  assert calls_continued - calls_full <= 2  # re-running 100 queries would add 100 and more
+  assert examples_continued < examples_full  # the continuation runs on the points left
 
 
 def test_zero_gradients_give_square_its_full_budget_and_the_report_says_why():
@@ -200,7 +246,7 @@ def test_protocol_lists():
       'apgd-ce(nb_iter=100, loss=ce, eot_iter=1)',
       'apgd-t-malt(nb_iter=100, n_target_classes=2, loss=dlr_targeted)',
       'fab-t-malt(nb_iter=100, n_target_classes=3)',
-      'square(n_queries=700, p_init=0.8)']
+      'square(n_queries=700, p_init=0.8, full_queries=5000)']
   for protocol, match in (('autoattack,pgd', "Unknown protocol 'pgd'"),
                           ('fast,fast', 'names one twice'), (('fast',), 'must be a string')):
     with pytest.raises(ValueError, match=match):

@@ -333,6 +333,29 @@ def test_early_exit_when_every_example_is_fooled():
 
 
 @pytest.mark.parametrize('norm', NORMS)
+def test_a_run_continued_to_more_queries_is_the_longer_run_bit_for_bit(norm):
+  """An n-query search resumed to N queries from its state (through the host, as the evaluator
+  carries it) gives exactly one N-query run: points broken before n, between n and N, never."""
+  p = LinearProblem(norm, 10, batch=16)
+  eps = (p.margin * np.linspace(0.8, 2.5, 16)).astype(np.float32)
+  n, full = 50, 200
+  kw = dict(norm=norm, seed=example_seeds(3, np.arange(16)))
+  one = [t.numpy() for t in tf.function(
+      lambda: square(p.predict, p.x, p.y, eps, n_queries=full, **kw))()]
+  short = tf.function(lambda: square_lib.square_search(p.predict, p.x, p.y, eps, n_queries=n,
+                                                       **kw))()
+  state = square_lib.SquareState(*[t.numpy() for t in short])
+  resumed = [t.numpy() for t in tf.function(lambda: square_lib.square_outcome(
+      p.predict, p.x, p.y, square_lib.square_search(p.predict, p.x, p.y, eps, n_queries=full,
+                                                    resume=(n, state), **kw)))()]
+  for want, got in zip(one, resumed):
+    np.testing.assert_array_equal(got, want)
+  _, success, queries = one
+  assert (success & (queries <= n + 1)).any() and (success & (queries > n + 1)).any()
+  assert (~success).any() and np.all(queries[~success] == full + 1)
+
+
+@pytest.mark.parametrize('norm', NORMS)
 def test_inside_strategy_run_matches_one_device(norm, rng, two_cpu_strategy):
   strategy = two_cpu_strategy
   with strategy.scope():
@@ -371,6 +394,10 @@ def test_inside_strategy_run_matches_one_device(norm, rng, two_cpu_strategy):
     (lambda p, x, y: square(p, x, y, 0.1, norm='L1'), 'Unknown norm'),
     (lambda p, x, y: square(p, x, y, 0.1, n_queries=-1), 'n_queries must be'),
     (lambda p, x, y: square(p, x, y, 0.1, p_init=1.5), r'p_init must be in \(0, 1\]'),
+    (lambda p, x, y: square_lib.square_search(p, x, y, 0.1, n_queries=10, resume=(
+        20, (x, np.ones(len(y)), np.ones(len(y))))), 'beyond n_queries=10'),
+    (lambda p, x, y: square_lib.square_search(p, x, y, 0.1, n_queries=10, resume=(
+        -1, (x, np.ones(len(y)), np.ones(len(y))))), 'resume iterations must be an int'),
 ])
 def test_bad_input_is_a_clear_value_error(call, match, rng):
   calls = []

@@ -12,7 +12,7 @@ from mma_tf.attacks.apgd_attack import apgd
 from mma_tf.attacks.fab_attack import fab
 from mma_tf.attacks.malt import logit_order, malt_order, probe
 from mma_tf.attacks.pgd_attack import pgd
-from mma_tf.attacks.square_attack import square
+from mma_tf.attacks.square_attack import square_outcome, square_search
 from mma_tf.attacks.registry import Attack, register
 
 
@@ -217,16 +217,70 @@ class FABTMalt(FABT):
                         at_probe=False)
 
 
+def masking_signs(checks):
+  """Why a model's gradients may mislead the gradient attacks, from the model checks
+  (`sanity.model_checks`; None: not run): [] when none."""
+  if checks is None:
+    return []
+  signs = []
+  if checks['zero_gradient_fraction'] > 0:
+    signs.append(f'{checks["zero_gradient_fraction"]:.0%} of the checked points have an all-zero '
+                 'input gradient')
+  if checks['nondeterministic']:
+    signs.append('the outputs are random')
+  if checks['looks_like_probabilities']:
+    signs.append('the outputs look like probabilities')
+  return signs
+
+
 @register('square')
 @dataclasses.dataclass
 class Square(Attack):
-  """The Square attack: score-based random search (no gradients), margin loss."""
+  """The Square attack: score-based random search (no gradients), margin loss.
+
+  With full_queries above n_queries (the fast protocol's Square), the search goes on to
+  full_queries on the points still robust when the model checks show signs of gradient masking or
+  the n_queries run broke a point anywhere in the evaluated set: resumed from where each point's
+  search stood, so the verdict is a full_queries run's without repeating the first queries."""
   n_queries: int = 5000
   p_init: float = 0.8
+  full_queries: int = None
   uses_gradients = False
 
-  def run_stage(self, predict, x, y, eps, seeds, stage):
-    x_adv, success, _ = square(predict, x, y, eps, norm=self.norm, n_queries=self.n_queries,
-                               p_init=self.p_init, seed=seeds)
-    return x_adv, success
+  def _may_continue(self):
+    return self.full_queries is not None and self.full_queries > self.n_queries
 
+  def run_stage(self, predict, x, y, eps, seeds, stage):
+    state = square_search(predict, x, y, eps, norm=self.norm, n_queries=self.n_queries,
+                          p_init=self.p_init, seed=seeds)
+    x_adv, success, _ = square_outcome(predict, x, y, state)
+    return (x_adv, success) + ((tuple(state),) if self._may_continue() else ())
+
+  def continuation(self, broken, checks):
+    if self.full_queries is None:
+      return None, {}
+    reason = None
+    if self._may_continue():
+      reason = '; '.join(masking_signs(checks)) or None
+      if reason is None and broken:
+        reason = (f'the {self.n_queries}-query run broke {broken} point(s) the gradient attacks '
+                  'left robust')
+    facts = {'square_queries': self.full_queries if reason else self.n_queries,
+             'square_reason': reason}
+    if reason is None:
+      return None, facts
+    return _SquareResumed(norm=self.norm, n_queries=self.full_queries, p_init=self.p_init,
+                          resume_from=self.n_queries), facts
+
+
+@dataclasses.dataclass
+class _SquareResumed(Square):
+  """Square's search continued to n_queries from the state a resume_from-query run left on each
+  point (`Square.continuation`); the same seeds (stream 'square', stage 0)."""
+  resume_from: int = 0
+
+  def run_stage(self, predict, x, y, eps, seeds, stage, state):
+    state = square_search(predict, x, y, eps, norm=self.norm, n_queries=self.n_queries,
+                          p_init=self.p_init, seed=seeds, resume=(self.resume_from, state))
+    x_adv, success, _ = square_outcome(predict, x, y, state)
+    return x_adv, success

@@ -6,6 +6,10 @@ points still robust, compacting them between stages. A stage is a pure function 
 ball and [0, 1] and success = misclassified at x_adv. The evaluator does not take `success` on
 trust: it counts a point as broken only where a fresh forward pass at x_adv agrees.
 
+An attack can be continued on the points it left robust (`continuation`): its stages then also
+return per-point state (a third output, a tuple of [B, ...] tensors; bools come back as int32),
+and the continuation's run_stage takes each point's last state as a last argument, `state`.
+
   @register('my-attack')
   class MyAttack(Attack):
     def run_stage(self, predict, x, y, eps, seeds, stage):
@@ -73,6 +77,14 @@ class Attack:
   def run_stage(self, predict, x, y, eps, seeds, stage):
     raise NotImplementedError
 
+  def continuation(self, broken, checks):
+    """(attack or None, facts), decided once this attack has run on the whole evaluated set:
+    an attack to run next on the points it left robust, each from the state this attack's stages
+    returned for it, counted as this attack; and facts for the report ({name: value} at this
+    radius, e.g. the budget it ended with). `broken`: the points this attack broke; `checks`:
+    the model checks (`sanity.model_checks`), or None. Default: neither."""
+    return None, {}
+
   @property
   def stream(self):
     """Name of the attack's random stream (seeds are keyed by it, the stage and the index)."""
@@ -86,7 +98,9 @@ class Attack:
                                  for f in dataclasses.fields(self))
 
   def describe(self):
-    fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != 'norm'}
+    """name(field=value, ...), leaving out the norm and the fields left at None (unused)."""
+    fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+              if f.name != 'norm' and getattr(self, f.name) is not None}
     return f'{self.name}(' + ', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}'
                                       for k, v in fields.items()) + ')'
 

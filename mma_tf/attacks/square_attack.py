@@ -10,7 +10,8 @@ the iteration, so windows are masks built from iota comparisons with a dynamic s
 comes from each example's own Philox stream (`norms.philox_words`, keyed by its stateless seed;
 one sub-stream per iteration), so an example's run does not depend on its batch, on padding or
 on the number of replicas, and eager, `tf.function`, XLA and `strategy.run` draw the same
-numbers.
+numbers. Iteration i's draws do not depend on the budget either, so a run can be continued to a
+larger budget from where it stopped (`square_search(resume=...)`): bit for bit the longer run.
 
 Queries are counted as the reference does: the initial point is query 1, then each iteration
 charges 1 to every example still correctly classified at its start, so a robust example uses
@@ -333,6 +334,73 @@ def _accept(x, x_new, m_new, x_best, m_best, active, queries):
   return x_best, m_best, active & (m_best > 0), queries
 
 
+class SquareState(collections.namedtuple('SquareState', 'x_best margin queries')):
+  """Where a Square run stands, per example: its best point [B, H, W, C], that point's margin
+  [B] (float32, minimised) and the queries charged so far [B] (int32). An example is still
+  searching while it was attacked (queries > 0) and its margin is > 0."""
+
+
+def square_search(predict, x, y, eps, *, norm='Linf', n_queries=5000, p_init=0.8, seed=0,
+                  clip_min=CLIP_MIN, clip_max=CLIP_MAX, reference_offsets=False, resume=None):
+  """The random search of `square` (same arguments) without its final check: the SquareState
+  after n_queries iterations.
+
+  resume: (iterations, state), continuing from iteration `iterations` the SquareState that a
+    call on the same examples (same eps, seeds and options) returned with n_queries=iterations.
+    The state reached equals, bit for bit, what one call with n_queries gives: iteration i draws
+    from sub-stream i + 1 whatever the budget, and an example still searching after `iterations`
+    iterations was searching in all of them, so its state is all that it carries forward.
+    The clean check and the initial point are not repeated (2 forward passes fewer).
+  """
+  geometry = norms_lib.get_norm(norm)
+  n_queries = _check_square_args(x, y, eps, n_queries, p_init, clip_min, clip_max)
+  x = tf.convert_to_tensor(x)
+  _, height, width, channels = x.shape
+  y = tf.cast(y, tf.int32)
+  batch_size = tf.shape(x)[0]
+  eps = per_example_vector(eps, batch_size, x.dtype)
+  keys = _example_keys(seeds_for_batch(seed, batch_size))
+  is_l2 = geometry.name == 'L2'
+  if resume is None:
+    done = 0
+    x_best, m_best, active, queries = _start(predict, x, y, eps, keys, is_l2, clip_min, clip_max)
+  else:
+    done, state = resume
+    done = check_count(done, 'resume iterations')
+    if done > n_queries:
+      raise ValueError(f'resume starts after {done} iterations, beyond n_queries={n_queries}; '
+                       'a run can only be continued to a larger budget.')
+    state = SquareState(*state)
+    x_best = tf.cast(state.x_best, x.dtype)
+    m_best = tf.cast(state.margin, tf.float32)
+    queries = tf.cast(state.queries, tf.int32)
+    active = (queries > 0) & (m_best > 0)
+  schedule = _schedule(p_init, height, width, norm, channels, x.dtype)
+  propose = _l2_proposal if is_l2 else _linf_proposal
+
+  def body(i, x_best, m_best, active, queries):
+    x_new = propose(i, x, x_best, eps, keys, schedule, reference_offsets, clip_min, clip_max)
+    x_best, m_best, active, queries = _accept(x, x_new, _margin(predict, x_new, y), x_best,
+                                              m_best, active, queries)
+    return i + 1, x_best, m_best, active, queries
+
+  _, x_best, m_best, _, queries = tf.while_loop(
+      lambda i, _x, _m, active, _q: (i < n_queries) & tf.reduce_any(active), body,
+      (tf.constant(done), x_best, m_best, active, queries),
+      maximum_iterations=n_queries - done)
+  return SquareState(x_best, m_best, queries)
+
+
+def square_outcome(predict, x, y, state):
+  """`square`'s outputs (x_adv, success, queries) from the SquareState a search reached: one
+  forward pass checks each best point."""
+  x = tf.convert_to_tensor(x)
+  y = tf.cast(y, tf.int32)
+  success = tf.argmax(predict(state.x_best), -1, output_type=tf.int32) != y
+  x_adv = tf.where(norms_lib.per_example(success, x) > 0, state.x_best, x)
+  return x_adv, success, state.queries
+
+
 def square(predict, x, y, eps, *, norm='Linf', n_queries=5000, p_init=0.8, seed=0,
            clip_min=CLIP_MIN, clip_max=CLIP_MAX, reference_offsets=False):
   """Untargeted Square Attack on NHWC images; returns (x_adv, success, queries).
@@ -356,31 +424,10 @@ def square(predict, x, y, eps, *, norm='Linf', n_queries=5000, p_init=0.8, seed=
   is strictly lower than the best so far (or <= 0), as the reference. An example whose margin is
   <= 0 is done and never changes again; the loop stops once every example is done.
   Cost per call on the batch: 3 + (iterations run, <= n_queries) forward passes (clean check,
-  initial point, one per iteration, final check), no gradients.
+  initial point, one per iteration, final check), no gradients. `square_search` with `resume`
+  continues a run to a larger budget.
   """
-  geometry = norms_lib.get_norm(norm)
-  n_queries = _check_square_args(x, y, eps, n_queries, p_init, clip_min, clip_max)
-  x = tf.convert_to_tensor(x)
-  _, height, width, channels = x.shape
-  y = tf.cast(y, tf.int32)
-  batch_size = tf.shape(x)[0]
-  eps = per_example_vector(eps, batch_size, x.dtype)
-  keys = _example_keys(seeds_for_batch(seed, batch_size))
-  is_l2 = geometry.name == 'L2'
-  x_best, m_best, active, queries = _start(predict, x, y, eps, keys, is_l2, clip_min, clip_max)
-  schedule = _schedule(p_init, height, width, norm, channels, x.dtype)
-  propose = _l2_proposal if is_l2 else _linf_proposal
-
-  def body(i, x_best, m_best, active, queries):
-    x_new = propose(i, x, x_best, eps, keys, schedule, reference_offsets, clip_min, clip_max)
-    x_best, m_best, active, queries = _accept(x, x_new, _margin(predict, x_new, y), x_best,
-                                              m_best, active, queries)
-    return i + 1, x_best, m_best, active, queries
-
-  _, x_best, _, _, queries = tf.while_loop(
-      lambda i, _x, _m, active, _q: (i < n_queries) & tf.reduce_any(active), body,
-      (tf.constant(0), x_best, m_best, active, queries), maximum_iterations=n_queries)
-
-  success = tf.argmax(predict(x_best), -1, output_type=tf.int32) != y
-  x_adv = tf.where(norms_lib.per_example(success, x) > 0, x_best, x)
-  return x_adv, success, queries
+  state = square_search(predict, x, y, eps, norm=norm, n_queries=n_queries, p_init=p_init,
+                        seed=seed, clip_min=clip_min, clip_max=clip_max,
+                        reference_offsets=reference_offsets)
+  return square_outcome(predict, x, y, state)

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from mma_tf.attacks import check_attack_inputs
 from mma_tf.attacks.protocol_attacks import Transfer
-from mma_tf.evaluation import fast, margins, sanity
+from mma_tf.evaluation import margins, sanity
 from mma_tf.evaluation import results as results_lib
 from mma_tf.evaluation.common import is_correct
 from mma_tf.evaluation.protocols import (AUTOATTACK, DEFAULT_EPS, PAPER, PROTOCOLS, RAND,
@@ -122,22 +122,14 @@ def _margin_estimates(runner, predict, images, labels, clean, config, log):
   return margin_values
 
 
-def _run_protocol(p, attacks, record, runner, predict, images, labels, eps, clean, config,
+def _run_protocol(attacks, record, runner, predict, images, labels, eps, clean, config,
                   num_classes, checks, log):
   """Runs one protocol's attacks at radius eps on the clean-correct points; adds the outcome to
   its record."""
   index = np.arange(len(labels), dtype=np.int32)
-  key = results_lib.eps_key(eps)
-  if p == 'fast':
-    out = fast.run_fast(runner, predict, attacks, images, labels, index, eps, clean,
-                        config.seed, num_classes, config.square_queries,
-                        fast.masking_signs(checks), log)
-    record.setdefault('square_queries', {})[key] = out['square_queries']
-    record.setdefault('square_reason', {})[key] = out['square_reason']
-  else:
-    out = run_attacks(runner, predict, attacks, images, labels, index, eps, clean,
-                      config.seed, num_classes, log)
-  results_lib.add_eps(record, key, out)
+  out = run_attacks(runner, predict, attacks, images, labels, index, eps, clean, config.seed,
+                    num_classes, log, checks)
+  results_lib.add_eps(record, results_lib.eps_key(eps), out)
 
 
 def _noise_correct(runner, noise_fn, images, labels, eps, clean):
@@ -160,7 +152,7 @@ def _attacks_and_noise(runner, predict, protocols, images, labels, clean, config
   for e_i, eps in enumerate(eps_list):
     for p, attacks in protocols.items():
       plog = (lambda text, p=p: log(f'{p}: {text}')) if len(protocols) > 1 else log
-      _run_protocol(p, attacks, per_protocol[p], runner, predict, images, labels, eps, clean,
+      _run_protocol(attacks, per_protocol[p], runner, predict, images, labels, eps, clean,
                     config, num_classes, checks, plog)
     noise[e_i] = _noise_correct(runner, noise_fn, images, labels, eps, clean)
   return per_protocol, noise
@@ -193,7 +185,7 @@ def evaluate(predict, images, labels, config, source_predict=None, progress=None
   clean = _clean_pass(runner, predict, images, labels)
   log(f'clean accuracy {clean.mean():.4f}')
   margin_values = _margin_estimates(runner, predict, images, labels, clean, config, log)
-  # Before the attacks: the fast protocol gives Square its full budget when they flag masking.
+  # Before the attacks: the fast protocol's Square takes its full budget when they flag masking.
   checks = sanity.model_checks(predict, images[:config.batch_size], labels[:config.batch_size])
   per_protocol, noise = _attacks_and_noise(runner, predict, protocols, images, labels, clean,
                                            config, num_classes, checks, log)

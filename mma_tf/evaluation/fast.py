@@ -9,30 +9,15 @@ Standard AutoAttack spends most of its time proving robust points robust (docs/a
 - FAB-T toward only the `fast_fab_target_classes` classes MALT ranks nearest at x (AutoAttack's
   own deterministic runs for those classes);
 - Square with `fast_square_queries` queries: a prefix of AutoAttack's Square run (the same random
-  stream, and the window schedule does not depend on the budget), continued to the full
-  `square_queries` on the remaining points when the model checks suggest gradient masking or the
-  short run breaks a point the gradient attacks left.
+  stream, and the window schedule does not depend on the budget). When the model checks suggest
+  gradient masking or the short run breaks a point the gradient attacks left, the search goes on
+  to the full `square_queries` on the remaining points from where it stopped on each
+  (`Square.full_queries`, resumed by `run_attacks`): AutoAttack's Square verdict, without
+  repeating the short run's queries.
 """
-import dataclasses
-
 import numpy as np
 
-from mma_tf.evaluation.runner import run_attacks
-
 FAST = ('apgd-ce', 'apgd-t-malt', 'fab-t-malt', 'square')
-
-
-def masking_signs(checks):
-  """Why Square should get its full budget from the start (sanity.model_checks' flags): []."""
-  signs = []
-  if checks['zero_gradient_fraction'] > 0:
-    signs.append(f'{checks["zero_gradient_fraction"]:.0%} of the checked points have an all-zero '
-                 'input gradient')
-  if checks['nondeterministic']:
-    signs.append('the outputs are random')
-  if checks['looks_like_probabilities']:
-    signs.append('the outputs look like probabilities')
-  return signs
 
 
 def describe(config):
@@ -45,39 +30,6 @@ def describe(config):
           f'{config.fast_square_queries} queries (the full {config.square_queries} where the '
           'model checks suggest gradient masking or the short run breaks a point). Report '
           'AutoAttack numbers from --protocol=autoattack.')
-
-
-def run_fast(runner, predict, attacks, images, labels, index, eps, start_robust, seed,
-             num_classes, full_queries, signs, progress=None):
-  """run_attacks for the fast protocol, with Square's budget rule; the same dict as run_attacks,
-  plus square_queries (the budget Square finally had) and square_reason (why it was full)."""
-  i = [a.name for a in attacks].index('square')
-  full = dataclasses.replace(attacks[i], n_queries=full_queries)
-  reason = None
-  if signs and attacks[i].n_queries < full_queries:
-    attacks = attacks[:i] + [full] + attacks[i + 1:]
-    reason = '; '.join(signs)
-  out = run_attacks(runner, predict, attacks, images, labels, index, eps, start_robust, seed,
-                    num_classes, progress)
-  short_broke = int(np.sum(out['broken_by'] == i))
-  if reason is None and short_broke and attacks[i].n_queries < full_queries:
-    reason = (f'the {attacks[i].n_queries}-query run broke {short_broke} point(s) the gradient '
-              'attacks left robust')
-    if progress:
-      progress(f'eps {eps:g} square: {reason}; continuing to {full_queries} queries')
-    # The same stream: the full run repeats the short one's first queries, then goes on.
-    more = run_attacks(runner, predict, [full], images, labels, index, eps, out['robust'], seed,
-                       num_classes, progress)
-    hit = more['broken_by'] == 0
-    out['robust'] = more['robust']
-    out['broken_by'][hit] = i
-    out['adv_norm'][hit] = more['adv_norm'][hit]
-    out['acc_after'][i] = more['acc_after'][0]
-    out['seconds'][i] += more['seconds'][0]
-    out['unconfirmed'][i] += more['unconfirmed'][0]
-  out['square_queries'] = full_queries if reason else attacks[i].n_queries
-  out['square_reason'] = reason
-  return out
 
 
 def compare(autoattack_robust, fast_robust, keys):

@@ -124,9 +124,10 @@ class EvalConfig:
 
   def attack_params(self, name, protocol=None):
     """This config's hyperparameters for the attack called `name` in `protocol` (others keep
-    defaults). The fast protocol's Square starts with fast_square_queries (fast.py)."""
+    defaults). The fast protocol's Square starts with fast_square_queries and may go on to
+    square_queries (fast.py)."""
     if protocol == 'fast' and name == 'square':
-      return dict(n_queries=self.fast_square_queries)
+      return dict(n_queries=self.fast_square_queries, full_queries=self.square_queries)
     eot_iter = self.apgd_eot_iter(protocol)
     return {
         'pgd': dict(nb_iter=self.nb_iter, nb_restart=self.nb_restart, rel_step=self.rel_step),

@@ -31,6 +31,9 @@ def add_eps(record, key, out):
   record['unconfirmed'][key] = dict(zip(record['attacks'], out['unconfirmed']))
   for a, s in zip(record['attacks'], out['seconds']):
     record['seconds'][a] += s
+  for facts in out['facts']:  # e.g. the fast protocol's square_queries, per radius
+    for name, value in facts.items():
+      record.setdefault(name, {})[key] = value
 
 
 def overall_robust(per_protocol):

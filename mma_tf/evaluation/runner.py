@@ -99,14 +99,17 @@ def _perturbation_norms(norm, x_adv, x):
 
 
 def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robust, seed,
-                num_classes, progress=None):
+                num_classes, progress=None, checks=None):
   """Runs `attacks` in order at radius eps on the points marked in `start_robust`.
 
   Returns a dict: robust [N] (the worst case), broken_by [N] (index of the first attack that broke
   the point, -1 if none), adv_norm [N] (norm of the successful perturbation, nan if none),
   acc_after [per attack] (cumulative robust accuracy over all N), unconfirmed [per attack]
   (successes the attack claimed that a fresh forward pass did not confirm: randomness at
-  inference, or a bug), seconds [per attack].
+  inference, or a bug), seconds [per attack], facts [per attack] (what the attack reports at this
+  radius, `Attack.continuation`).
+  An attack's continuation (`Attack.continuation`, decided over all N with the model `checks`,
+  `sanity.model_checks`) runs right after it, on the points still robust, and counts as it.
   An attack that returns a point outside the eps ball or the input box [CLIP_MIN, CLIP_MAX] (the
   attacks' default clip_min/clip_max) is a bug: it raises.
   """
@@ -115,10 +118,11 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
   broken_by = np.full(n, -1, np.int32)
   adv_norm = np.full(n, np.nan, np.float32)
   eps_vec = np.full(n, eps, np.float32)
-  acc_after, seconds, unconfirmed = [], [], []
-  for a_i, attack in enumerate(attacks):
-    start = time.perf_counter()
-    unconfirmed.append(0)
+  acc_after, seconds, unconfirmed, facts = [], [], [], []
+
+  def run_stages(attack, a_i, state):
+    """Runs the attack's stages on the points still robust, each point from its `state` (per-point
+    arrays, or None); returns the per-point state the stages returned ([N, ...] arrays), or None."""
     num_stages = attack.num_stages(num_classes)
     chosen = np.ones((n, num_stages), bool)
     if attack.selects_stages and robust.any():
@@ -126,26 +130,33 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
       key = attack.cache_key()
       chosen[todo] = runner.map(key and ('select', key), lambda x, y, e, attack=attack: (
           attack.select_stages(predict, x, y, e, num_stages),), [images, labels, eps_vec], todo)[0]
+    new_state = None
     for stage in range(num_stages):
       todo = np.nonzero(robust & chosen[:, stage])[0]
       if not todo.size:
         continue
       stage_vec = np.full(n, stage, np.int32)
 
-      def fn(x, y, idx, e, stage_arg, attack=attack, stage=stage):
+      def fn(x, y, idx, e, stage_arg, *point_state, attack=attack, stage=stage):
         # Attacks that take the stage as a tensor trace once for all stages (target ranks).
         s = stage_arg[0] if attack.stage_is_tensor else stage
         seeds = stream_example_seeds(seed, attack.stream, idx, s)
-        x_adv, claimed = attack.run_stage(predict, x, y, e, seeds, s)
-        return x_adv, claimed & tf.logical_not(is_correct(predict(x_adv), y)), claimed
+        x_adv, claimed, *returned = attack.run_stage(predict, x, y, e, seeds, s,
+                                                     *([point_state] if point_state else []))
+        return (x_adv, claimed & tf.logical_not(is_correct(predict(x_adv), y)), claimed,
+                *(returned[0] if returned else ()))
 
       # Equal keys mean equal computations (Attack.cache_key), so a runner reused across
       # evaluate() calls (evaluation.runner_for) reuses their traces.
       key = attack.cache_key()
       if key is not None:
         key = (key, None if attack.stage_is_tensor else stage)
-      x_adv, success, claimed = runner.map(key, fn, [images, labels, index, eps_vec, stage_vec],
-                                           todo)
+      x_adv, success, claimed, *returned = runner.map(
+          key, fn, [images, labels, index, eps_vec, stage_vec] + list(state or ()), todo)
+      if returned:
+        new_state = new_state or [np.zeros((n,) + r.shape[1:], r.dtype) for r in returned]
+        for whole, part in zip(new_state, returned):
+          whole[todo] = part
       success, claimed = success.astype(bool), claimed.astype(bool)
       unconfirmed[-1] += int(np.sum(claimed & ~success))
       if claimed.any():  # every point an attack claims must be feasible, confirmed or not
@@ -161,10 +172,24 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
         robust[hit] = False
         broken_by[hit] = a_i
         adv_norm[hit] = d[success[claimed]]
+    return new_state
+
+  for a_i, attack in enumerate(attacks):
+    start = time.perf_counter()
+    unconfirmed.append(0)
+    state = run_stages(attack, a_i, None)
+    then, attack_facts = attack.continuation(int(np.sum(broken_by == a_i)), checks)
+    if then is not None:
+      if progress:
+        progress(f'eps {eps:g} {attack.name}: continued by {then.describe()} on the '
+                 f'{int(robust.sum())} points left ('
+                 + '; '.join(f'{k}: {v}' for k, v in attack_facts.items()) + ')')
+      run_stages(then, a_i, state)
+    facts.append(attack_facts)
     seconds.append(time.perf_counter() - start)
     acc_after.append(float(robust.mean()))
     if progress:
       progress(f'eps {eps:g} {attack.name}: robust accuracy {acc_after[-1]:.4f} '
                f'({seconds[-1]:.1f} s)')
   return {'robust': robust, 'broken_by': broken_by, 'adv_norm': adv_norm,
-          'acc_after': acc_after, 'unconfirmed': unconfirmed, 'seconds': seconds}
+          'acc_after': acc_after, 'unconfirmed': unconfirmed, 'seconds': seconds, 'facts': facts}
