@@ -206,7 +206,6 @@ def run_torch_half():
     where.setdefault((x_t[i].numpy().tobytes(), int(y[i])), []).append(i)
   broken_by = np.full(len(x), -1, np.int32)
   attack_seconds = {a: 0.0 for a in ATTACKS}
-  current = {'name': None}
 
   def timed(name, perturb):
     def wrapper(xb, yb, *args, **kwargs):

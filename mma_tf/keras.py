@@ -33,7 +33,6 @@ Resume: the memories are weights of the wrapper and the attack randomness is key
 backups (save_freq=N) replay the interrupted epoch from its start, as for any Keras model.
 """
 import contextlib
-import dataclasses
 import math
 
 import keras

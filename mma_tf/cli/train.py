@@ -16,7 +16,7 @@ import os
 import re
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from mma_tf import configs
 from mma_tf import data as data_lib
