@@ -1,5 +1,4 @@
 """TensorBoard scalars (model_dir/train, model_dir/validation) and the progress lines."""
-import os
 import time
 
 import tensorflow as tf
@@ -11,9 +10,8 @@ class Summaries:
   def __init__(self, task, checkpoints, train_steps, start, log):
     self.task, self.train_steps, self.start, self.log = task, train_steps, start, log
     self.t0 = time.time()
-    model_dir = checkpoints.model_dir
-    self.writers = {name: tf.summary.create_file_writer(
-        os.path.join(model_dir, name) if checkpoints.is_chief else checkpoints.write_dir(name))
+    # The chief's in model_dir; a non-chief's in its scratch directory (checkpoints.write_dir).
+    self.writers = {name: tf.summary.create_file_writer(checkpoints.write_dir(name))
                     for name in ('train', 'validation')}
 
   def train(self, step, window, eps):

@@ -245,16 +245,19 @@ class Square(Attack):
   n_queries: int = 5000
   p_init: float = 0.8
   full_queries: int = None
+  resume_from: int = None  # a continuation's: the queries of the run whose state it continues
   uses_gradients = False
 
   def _may_continue(self):
     return self.full_queries is not None and self.full_queries > self.n_queries
 
-  def run_stage(self, predict, x, y, eps, seeds, stage):
-    state = square_search(predict, x, y, eps, norm=self.norm, n_queries=self.n_queries,
-                          p_init=self.p_init, seed=seeds)
-    x_adv, success, _ = square_outcome(predict, x, y, state)
-    return (x_adv, success) + ((tuple(state),) if self._may_continue() else ())
+  def run_stage(self, predict, x, y, eps, seeds, stage, state=None):
+    """`state` (a continuation's): where each point's search stood after resume_from queries."""
+    resume = None if state is None else (self.resume_from, state)
+    found = square_search(predict, x, y, eps, norm=self.norm, n_queries=self.n_queries,
+                          p_init=self.p_init, seed=seeds, resume=resume)
+    x_adv, success, _ = square_outcome(predict, x, y, found)
+    return (x_adv, success) + ((tuple(found),) if self._may_continue() else ())
 
   def continuation(self, broken, checks):
     if self.full_queries is None:
@@ -269,18 +272,6 @@ class Square(Attack):
              'square_reason': reason}
     if reason is None:
       return None, facts
-    return _SquareResumed(norm=self.norm, n_queries=self.full_queries, p_init=self.p_init,
-                          resume_from=self.n_queries), facts
+    return dataclasses.replace(self, n_queries=self.full_queries, full_queries=None,
+                               resume_from=self.n_queries), facts
 
-
-@dataclasses.dataclass
-class _SquareResumed(Square):
-  """Square's search continued to n_queries from the state a resume_from-query run left on each
-  point (`Square.continuation`); the same seeds (stream 'square', stage 0)."""
-  resume_from: int = 0
-
-  def run_stage(self, predict, x, y, eps, seeds, stage, state):
-    state = square_search(predict, x, y, eps, norm=self.norm, n_queries=self.n_queries,
-                          p_init=self.p_init, seed=seeds, resume=(self.resume_from, state))
-    x_adv, success, _ = square_outcome(predict, x, y, state)
-    return x_adv, success
