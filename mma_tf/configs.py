@@ -282,6 +282,11 @@ class TrainConfig:
     need(self.norm in ('Linf', 'L2'), f"Unknown norm {self.norm!r}; choose 'Linf' or 'L2'.")
     need(self.objective in objectives,
          f'Unknown objective {self.objective!r}; choose one of {objectives}.')
+    wanted = OBJECTIVE_SETTINGS.get(self.objective)
+    need(wanted is None or isinstance(self.settings, wanted),
+         f'The objective {self.objective!r} reads {wanted and wanted.__name__}, but the config '
+         f'holds {type(self.settings).__name__}; build it with configs.build or TrainConfig.flat, '
+         'which pick the objective\'s settings.')
     model_source_kind(self.model)
     need(self.num_validation is None or self.num_validation >= 1,
          f'--num_validation must be >= 1 (validation picks the best checkpoint); got '

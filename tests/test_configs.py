@@ -158,3 +158,11 @@ def test_config_json_is_nested_and_a_flat_one_from_before_resumes(tmp_path):
   now = configs.flat_record(record)
   assert set(flat) - set(now) == {'pgd_eps', 'trades_beta'}  # other objectives' settings
   assert now == {k: v for k, v in flat.items() if k in now}
+
+
+def test_settings_of_another_objective_are_refused():
+  """A config built directly keeps the default (MMA) settings whatever its objective; validate
+  refuses it instead of failing at the first step that reads a setting."""
+  with pytest.raises(ValueError, match="'trades' reads TradesSettings.*holds MMASettings"):
+    configs.TrainConfig(objective='trades').validate()
+  configs.TrainConfig.flat(objective='trades').validate()

@@ -331,3 +331,25 @@ def test_cli_validation_split_is_the_training_runs(keras_export, tmp_path):
                                   expected.eval_split('validation')[1])
     assert ('a fixed random selection (random:0) of 30' if rule else 'the first 30') in \
         result.stdout
+
+
+def test_an_attack_list_run_with_protocol_rand_keeps_its_eot():
+  """--protocol=rand --attacks=...: the attacks of the list get rand's 20 EOT passes (the
+  --eot_iter default there), as without the list; 1 under the other protocols."""
+  (rand_attack,) = evaluation.EvalConfig(protocol='rand', attacks=('apgd-ce',)).protocol_attacks()[
+      'custom']
+  (standard_attack,) = evaluation.EvalConfig(attacks=('apgd-ce',)).protocol_attacks()['custom']
+  assert rand_attack.eot_iter == 20 and standard_attack.eot_iter == 1
+
+
+def test_a_random_model_evaluated_with_rand_is_not_told_to_use_rand():
+  def told_to_use_rand(protocols):
+    results = {'protocol': ','.join(protocols), 'num_examples': 10, 'robust_acc': {},
+               'margin': {}, 'protocols': {p: {'unconfirmed': {}} for p in protocols},
+               'sanity': {'zero_gradient_fraction': 0.0, 'nondeterministic': True,
+                          'nondeterminism': 0.5, 'looks_like_probabilities': False,
+                          'noise_only': {}, 'square': {}}}
+    return any("AutoAttack's rand version" in w for w in sanity.warnings_for(results))
+
+  assert told_to_use_rand(['autoattack']) and told_to_use_rand(['autoattack', 'fast'])
+  assert not told_to_use_rand(['rand']) and not told_to_use_rand(['autoattack', 'rand'])

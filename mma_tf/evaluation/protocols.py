@@ -119,8 +119,9 @@ class EvalConfig:
 
   def apgd_eot_iter(self, protocol=None):
     """Gradient passes per APGD step in `protocol`: eot_iter, or the reference's default for it
-    (20 in 'rand', else 1)."""
-    return self.eot_iter or (RAND_BUDGETS['eot_iter'] if protocol == 'rand' else 1)
+    (20 in 'rand', and in an attack list run with protocol 'rand'; else 1)."""
+    rand = protocol == 'rand' or (protocol == 'custom' and self.protocol == 'rand')
+    return self.eot_iter or (RAND_BUDGETS['eot_iter'] if rand else 1)
 
   def attack_params(self, name, protocol=None):
     """This config's hyperparameters for the attack called `name` in `protocol` (others keep

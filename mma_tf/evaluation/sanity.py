@@ -93,7 +93,7 @@ def warnings_for(results):
                f'gradient (threshold: more than {ZERO_GRADIENT_SHARE:.0%}): gradient masking '
                '(stop_gradient, saturated softmax, quantisation); gradient attacks are unreliable '
                'on this model.')
-  if sanity['nondeterministic'] and results['protocol'] != 'rand':
+  if sanity['nondeterministic'] and 'rand' not in results['protocols']:
     out.append(f'The model returns different outputs for the same input (unit-normalised logits '
                f'{sanity["nondeterminism"]:.2g} apart; threshold {NONDETERMINISM:g}): dropout or '
                'randomness at inference, so robust accuracy may be overstated. Evaluate it with '
