@@ -43,9 +43,8 @@ def main(_):
   trainer = trainer_lib.Trainer(config, tempfile.mkdtemp(), data=source, log=lambda m: None)
   base = models.build_model(config.model, x.shape[1:], 10)
   base.set_weights(trainer.task.model.get_weights())
-  settings = {k: getattr(config, k) for k, v in keras_lib.SETTINGS.items()
-              if getattr(config, k) != v}
-  model = keras_lib.AdversarialModel(base, num_examples=FLAGS.examples, **settings)
+  model = keras_lib.AdversarialModel(base, num_examples=FLAGS.examples,
+                                     **keras_lib.settings_of(config))
   model.compile(optimizer=trainer_lib.build_optimizer(config))
   print(f'CPU: {cpu_description()}; TF {tf.__version__}; MMA, {config.model}, batch '
         f'{config.batch_size}, nb_iter {config.nb_iter}: {steps} steps per round', flush=True)

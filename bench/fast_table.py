@@ -36,16 +36,20 @@ def _load(report_dirs):
 
 
 def rows(name, report_dirs):
+  """(the table's lines, one per eps; the report's attack seconds (AutoAttack, fast), summed
+  over its radii)."""
   r, protocols, robust = _load(report_dirs)
   aa, fast = protocols['autoattack'], protocols['fast']
   aa_s, fast_s = sum(aa['seconds'].values()), sum(fast['seconds'].values())
+  lines = []
   for e_i, eps in enumerate(fast['robust_acc']):
     a, f = robust['autoattack'][e_i], robust['fast'][e_i]
-    yield (f'| {name} | {eps} | {r["num_examples"]} | {100 * r["clean_acc"]:.1f} | '
-           f'{100 * a.mean():.1f} | {100 * f.mean():.1f} | '
-           f'{"yes" if np.array_equal(a, f) else "no"} | {int(np.sum(f & ~a))} | '
-           f'{aa_s:.0f} | {fast_s:.0f} | {fast_s / max(aa_s, 1e-9):.2f} | '
-           f'{fast["square_queries"][eps]} |'), (aa_s, fast_s)
+    lines.append(f'| {name} | {eps} | {r["num_examples"]} | {100 * r["clean_acc"]:.1f} | '
+                 f'{100 * a.mean():.1f} | {100 * f.mean():.1f} | '
+                 f'{"yes" if np.array_equal(a, f) else "no"} | {int(np.sum(f & ~a))} | '
+                 f'{aa_s:.0f} | {fast_s:.0f} | {fast_s / max(aa_s, 1e-9):.2f} | '
+                 f'{fast["square_queries"][eps]} |')
+  return lines, (aa_s, fast_s)
 
 
 def main(args):
@@ -58,10 +62,10 @@ def main(args):
   total_aa = total_fast = 0.0
   for arg in args:
     name, report_dirs = arg.split('=', 1)
-    for line, (aa_s, fast_s) in rows(name, report_dirs.split(',')):
-      print(line)
-      total_aa += aa_s
-      total_fast += fast_s
+    lines, (aa_s, fast_s) = rows(name, report_dirs.split(','))
+    print('\n'.join(lines))
+    total_aa += aa_s  # once per report: its seconds cover all its radii
+    total_fast += fast_s
   print(f'\nAll rows: fast took {total_fast:.0f} s of attacks, AutoAttack {total_aa:.0f} s '
         f'({total_fast / max(total_aa, 1e-9):.2f}).')
 

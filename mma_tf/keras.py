@@ -79,6 +79,13 @@ for _settings in configs.OBJECTIVE_SETTINGS.values():  # mma first: clean_loss_c
       SETTINGS.setdefault(_name, _field.default)
 
 
+def settings_of(config):
+  """The AdversarialModel settings that train as a `configs.TrainConfig` does: those of its
+  fields that differ from AdversarialModel's defaults."""
+  return {k: getattr(config, k) for k in config.fields()
+          if k in SETTINGS and getattr(config, k) != SETTINGS[k]}
+
+
 def _python_terms(message):
   """A configuration message in argument names: '--hinge_maxeps' -> 'hinge_maxeps'."""
   return message.replace('--', '')

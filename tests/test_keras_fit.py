@@ -25,17 +25,12 @@ def _config(**overrides):
   return tiny_config(**fields)
 
 
-def _settings(config):
-  """The config's step settings that differ from the defaults (the ones a user would pass)."""
-  return {k: getattr(config, k) for k in config.fields()
-          if k in keras_lib.SETTINGS and getattr(config, k) != keras_lib.SETTINGS[k]}
-
 
 def _wrapper(config, weights=None, compile_args=None, **kwargs):
   base = models.small_cnn((8, 8, 1), 10)
   if weights is not None:
     base.set_weights(weights)
-  model = keras_lib.AdversarialModel(base, **_settings(config), **kwargs)
+  model = keras_lib.AdversarialModel(base, **keras_lib.settings_of(config), **kwargs)
   model.compile(optimizer=trainer_lib.build_optimizer(config), **(compile_args or {}))
   return model
 
