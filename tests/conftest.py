@@ -47,3 +47,37 @@ def two_cpu_strategy():
   if len(tf.config.list_logical_devices('CPU')) < 2:
     pytest.skip('needs two logical CPU devices (set up in conftest before TF initialises)')
   return tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+
+
+@pytest.fixture
+def op_determinism():
+  """Op determinism for one test, as the CLI's configure_process sets it, then off again, so no
+  other test depends on running before or after this one."""
+  from tensorflow.python.framework import config as tf_config  # TF has no public disable
+  was = tf_config.is_op_determinism_enabled()
+  tf.config.experimental.enable_op_determinism()
+  yield
+  if not was:
+    tf_config.disable_op_determinism()
+
+
+@pytest.fixture(scope='session')
+def data8():
+  """200 digits at 8x8 (40 validation, 160 training: 10 batches of 16), 40 test digits."""
+  from helpers import tiny_data
+  return tiny_data(num_train=160, num_validation=40, num_test=40, size=8)
+
+
+@pytest.fixture(scope='session')
+def warm_weights(data8, tmp_path_factory):
+  """One briefly trained model (on data8), trained once per test process, so MMA attacks most
+  examples (tests start from it with helpers.warm_start)."""
+  from helpers import tiny_config
+  from mma_tf import trainer as trainer_lib
+  warm = trainer_lib.Trainer(tiny_config(objective='standard', learning_rate=1e-2),
+                             str(tmp_path_factory.mktemp('warm')), data=data8, log=lambda m: None)
+  for epoch in range(6):
+    iterator = iter(warm.task.train_batches(epoch))
+    for _ in range(warm.steps_per_epoch):
+      warm.task.train_step(iterator)
+  return warm.task.model.get_weights()

@@ -170,3 +170,9 @@ class NoisyLinearProblem(LinearProblem):
     phase = tf.random.uniform(tf.shape(flat), 0.0, 2 * np.pi)
     wobble = self.amplitude * tf.sin(self.frequency * flat + phase)
     return tf.matmul(flat, self.w_t) + self.b_t + tf.matmul(wobble, self.v_t)
+
+
+def warm_start(trainers, weights):
+  """The trainers' models from the same weights (the warm_weights fixture: briefly trained)."""
+  for t in trainers:
+    t.task.model.set_weights(weights)

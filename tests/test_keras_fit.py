@@ -7,13 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import tiny_config
+from helpers import tiny_config, warm_start
 from mma_tf import export as export_lib
 from mma_tf import keras as keras_lib
 from mma_tf import losses, models, objectives, precision
 from mma_tf import trainer as trainer_lib
-from test_throughput import _warm_start, data8, warm_weights  # noqa: F401  (fixtures)
-from test_trainer import op_determinism  # noqa: F401  (fixture)
 
 QUIET = lambda m: None
 
@@ -59,7 +57,7 @@ def test_fit_steps_equal_trainer_steps_and_log_their_statistics(memory, data8, w
                                                                 tmp_path):
   config = _config(perturbation_memory=memory)
   trainer = trainer_lib.Trainer(config, str(tmp_path), data=data8, log=QUIET)
-  _warm_start([trainer], warm_weights)  # most examples correct: MMA attacks them
+  warm_start([trainer], warm_weights)  # most examples correct: MMA attacks them
   model = _wrapper(config, trainer.task.model.get_weights(), num_examples=data8.num_train_total)
   iterator = iter(trainer.task.train_batches(0))
   outs = [trainer.task.train_step(iterator) for _ in range(2)]

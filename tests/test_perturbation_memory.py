@@ -4,15 +4,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import LinearProblem, tiny_config
+from helpers import LinearProblem, tiny_config, warm_start
 from mma_tf import data as data_lib
 from mma_tf import norms
 from mma_tf import objectives as objectives_lib
 from mma_tf import trainer as trainer_lib
 from mma_tf.attacks import anpgd, pgd
 from test_distributed import _launch, _results
-from test_throughput import _warm_start, data8, warm_weights  # noqa: F401  (fixtures)
-from test_trainer import op_determinism  # noqa: F401  (fixture)
 
 QUIET = lambda m: None
 
@@ -54,7 +52,7 @@ def test_without_a_stored_perturbation_a_step_is_the_step_without_memory(data8, 
                             str(tmp_path / 'off'), data=data8, log=QUIET)
   on = trainer_lib.Trainer(_config(eps_iter_scale=1.0), str(tmp_path / 'on'), data=data8,
                            log=QUIET)
-  _warm_start([off, on], warm_weights)
+  warm_start([off, on], warm_weights)
   out_off = off.task.train_step(iter(off.task.train_batches(0)))
   out_on = on.task.train_step(iter(on.task.train_batches(0)))
   for a, b in zip(_state(off), _state(on)[:-2]):
@@ -74,7 +72,7 @@ def test_without_a_stored_perturbation_a_step_is_the_step_without_memory(data8, 
 def test_memory_rows_change_only_for_the_batch(objective, data8, warm_weights, tmp_path):
   trainer = trainer_lib.Trainer(_config(objective=objective), str(tmp_path), data=data8,
                                 log=QUIET)
-  _warm_start([trainer], warm_weights)
+  warm_start([trainer], warm_weights)
   iterator = iter(trainer.task.train_batches(0))
   before = _memory(trainer)
   for batch in _batch_indices(trainer, 0, 3):
@@ -100,7 +98,7 @@ def test_resume_with_memory_equals_uninterrupted(data8, warm_weights, tmp_path,
   part = trainer_lib.Trainer(_config(train_steps=13, checkpoint_every=5, deterministic=True,
                                      optimizer='adam', learning_rate=1e-2),
                              part_dir, data=data8, log=QUIET)
-  _warm_start([full, part], warm_weights)  # most examples correct: MMA attacks them
+  warm_start([full, part], warm_weights)  # most examples correct: MMA attacks them
   full.train()
   part.train()
   resumed = trainer_lib.Trainer(config, part_dir, data=data8, log=QUIET)
@@ -116,7 +114,7 @@ def test_two_replicas_keep_the_memory_of_one_device(data8, warm_weights, tmp_pat
   one = trainer_lib.Trainer(_config(), str(tmp_path / 'one'), data=data8, log=QUIET)
   two = trainer_lib.Trainer(_config(), str(tmp_path / 'two'), two_cpu_strategy, data=data8,
                             log=QUIET)
-  _warm_start([one, two], warm_weights)
+  warm_start([one, two], warm_weights)
   for trainer in (one, two):  # the second epoch's steps start from the first epoch's rows
     for epoch in range(2):
       iterator = iter(trainer.task.train_batches(epoch))
@@ -148,7 +146,7 @@ def test_a_loop_keeps_the_memory_of_single_steps(data8, warm_weights, tmp_path,
                                                  op_determinism):  # noqa: F811
   trainers = [trainer_lib.Trainer(_config(deterministic=True), str(tmp_path / str(i)),
                                   data=data8, log=QUIET) for i in range(2)]
-  _warm_start(trainers, warm_weights)
+  warm_start(trainers, warm_weights)
   single, looped = trainers
   iterator = iter(single.task.train_batches(0))
   for _ in range(4):
@@ -162,7 +160,7 @@ def test_a_loop_keeps_the_memory_of_single_steps(data8, warm_weights, tmp_path,
 def test_the_xla_step_keeps_the_memory_of_the_default_step(data8, warm_weights, tmp_path):
   trainers = [trainer_lib.Trainer(_config(jit_compile=jit), str(tmp_path / str(jit)), data=data8,
                                   log=QUIET) for jit in (False, True)]
-  _warm_start(trainers, warm_weights)
+  warm_start(trainers, warm_weights)
   for trainer in trainers:
     iterator = iter(trainer.task.train_batches(0))
     for _ in range(3):

@@ -5,40 +5,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import LinearProblem, tiny_config, tiny_data
+from helpers import LinearProblem, tiny_config, warm_start
 from mma_tf import evaluation, export as export_lib, precision
 from mma_tf import trainer as trainer_lib
 from mma_tf.attacks import anpgd, example_seeds, pgd
-from test_trainer import op_determinism  # noqa: F401  (fixture)
 
 QUIET = lambda m: None
 
 
-@pytest.fixture(scope='module')
-def data8():
-  return tiny_data(num_train=160, num_validation=40, num_test=40, size=8)
-
-
 def _state(trainer):
   return [v.numpy() for v in trainer.task.model.weights] + [trainer.task.eps_memory.numpy()]
-
-
-@pytest.fixture(scope='module')
-def warm_weights(data8, tmp_path_factory):
-  """One briefly trained model, trained once for the module, so MMA attacks most examples."""
-  warm = trainer_lib.Trainer(tiny_config(objective='standard', learning_rate=1e-2),
-                             str(tmp_path_factory.mktemp('warm')), data=data8, log=QUIET)
-  for epoch in range(6):
-    iterator = iter(warm.task.train_batches(epoch))
-    for _ in range(warm.steps_per_epoch):
-      warm.task.train_step(iterator)
-  return warm.task.model.get_weights()
-
-
-def _warm_start(trainers, warm_weights):
-  """Both trainers from the briefly trained model."""
-  for t in trainers:
-    t.task.model.set_weights(warm_weights)
 
 
 # ------------------------------------------------------------------------------ steps per loop
@@ -52,7 +28,7 @@ def test_a_loop_of_n_steps_equals_n_single_steps(replicas, data8, tmp_path, warm
                        momentum=0.9, deterministic=True, num_search_steps=2)
   single = trainer_lib.Trainer(config, str(tmp_path / 'single'), strategy, data=data8, log=QUIET)
   looped = trainer_lib.Trainer(config, str(tmp_path / 'loop'), strategy, data=data8, log=QUIET)
-  _warm_start([single, looped], warm_weights)
+  warm_start([single, looped], warm_weights)
   it_single, it_loop = iter(single.task.train_batches(0)), iter(looped.task.train_batches(0))
   outs = [single.task.train_step(it_single) for _ in range(5)]
   loop_out = looped.task.train_loop(it_loop, tf.constant(5, tf.int64))
@@ -198,7 +174,7 @@ def test_the_xla_step_equals_the_default_step(replicas, data8, tmp_path, warm_we
                                               num_search_steps=2),
                                   str(tmp_path / str(jit)), strategy, data=data8, log=QUIET)
               for jit in (False, True)]
-  _warm_start(trainers, warm_weights)
+  warm_start(trainers, warm_weights)
   for t in trainers:
     t.task.train_loop(iter(t.task.train_batches(0)), tf.constant(2, tf.int64))
   for a, b in zip(*map(_state, trainers)):

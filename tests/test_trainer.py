@@ -28,17 +28,6 @@ def data():
   return tiny_data()
 
 
-@pytest.fixture
-def op_determinism():
-  """Op determinism for one test, as the CLI's configure_process sets it, then off again, so no
-  other test depends on running before or after this one."""
-  was = tf_config.is_op_determinism_enabled()
-  tf.config.experimental.enable_op_determinism()
-  yield
-  if not was:
-    tf_config.disable_op_determinism()
-
-
 def _weights(trainer):
   return [v.numpy() for v in trainer.task.model.weights]
 

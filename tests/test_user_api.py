@@ -32,12 +32,6 @@ def small_config(dataset='mnist_5k', **overrides):
   return configs.resolve(dataset, 'Linf', dict(SMALL, **overrides))
 
 
-@pytest.fixture(scope='module')
-def data8():
-  """200 digits at 8x8 (40 validation, 160 training: 10 batches of 16), 40 test digits."""
-  return tiny_data(num_train=160, num_validation=40, num_test=40, size=8)
-
-
 def _input_gradient(predict, x, y):
   x = tf.constant(x)
   with tf.GradientTape() as tape:
