@@ -2,14 +2,12 @@
 Square's budget rule, the protocol list and the report's labels."""
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import in_process
 from helpers import LinearProblem, MulticlassAffine, radii_between, small_cnn_predict
 from mma_tf import evaluation
 from mma_tf.attacks.malt import malt_order, malt_scores, probe
@@ -17,7 +15,6 @@ from mma_tf.attacks.registry import get_attack
 from mma_tf.evaluation.common import stream_example_seeds
 from mma_tf.evaluation.runner import Runner, run_attacks
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NORMS = ['Linf', 'L2']
 QUICK = dict(apgd_nb_iter=20, fab_nb_iter=20, square_queries=300, fast_square_queries=100,
              margin_estimates=())
@@ -261,11 +258,10 @@ def test_cli_runs_autoattack_and_fast_side_by_side_and_labels_fast(tmp_path):
   model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Lambda(predict)])
   model.export(str(tmp_path / 'export'), verbose=False)
   out = tmp_path / 'report'
-  result = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'bin', 'evaluate.py'), f'--saved_model={tmp_path}/export',
-       '--num_examples=12', '--eps=0.02', '--protocol=autoattack,fast', '--apgd_nb_iter=5',
-       '--fab_nb_iter=5', '--n_target_classes=2', '--square_queries=20', '--margins=',
-       '--batch_size=12', f'--output_dir={out}'], capture_output=True, text=True, timeout=300)
+  result = in_process.run_main('mma_tf.cli.evaluate', [
+      f'--saved_model={tmp_path}/export', '--num_examples=12', '--eps=0.02',
+      '--protocol=autoattack,fast', '--apgd_nb_iter=5', '--fab_nb_iter=5', '--n_target_classes=2',
+      '--square_queries=20', '--margins=', '--batch_size=12', f'--output_dir={out}'])
   assert result.returncode == 0, result.stderr[-3000:]
   assert '(fast: not standard AutoAttack)' in result.stdout
   assert '**fast is not standard AutoAttack' in result.stdout
