@@ -100,7 +100,7 @@ def scaled_ce():
       loss = self.config.loss_scale * losses.cross_entropy(self.logits(model, x, True), y)
       return objectives.ObjectiveOutput(loss, None, {'loss': loss})
   yield ScaledCE.name
-  del objectives.OBJECTIVES[ScaledCE.name], configs.OBJECTIVE_SETTINGS[ScaledCE.name]
+  objectives.unregister(ScaledCE.name)
 
 
 def test_a_registered_objective_trains_from_python_with_its_own_settings(scaled_ce, tmp_path):

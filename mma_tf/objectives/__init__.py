@@ -93,6 +93,12 @@ def register(cls):
   return cls
 
 
+def unregister(name):
+  """Removes the objective registered as `name` (and its settings) from the registry."""
+  OBJECTIVES.pop(name, None)
+  configs.OBJECTIVE_SETTINGS.pop(name, None)
+
+
 def build_objective(config):
   if config.objective not in OBJECTIVES:
     raise ValueError(f'Unknown objective {config.objective!r}; choose one of {sorted(OBJECTIVES)}.')
