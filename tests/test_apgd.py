@@ -10,7 +10,6 @@ from mma_tf.attacks import apgd_attack as apgd_lib
 from mma_tf.attacks.apgd_attack import apgd, apgd_checkpoints, apgd_schedule, apgd_targeted
 from mma_tf.attacks.common import example_seeds
 
-# The module itself (the package exports the function `apgd` under the same name).
 NORMS = ['Linf', 'L2']
 
 
