@@ -110,6 +110,20 @@ PARTS = {'data': DataConfig, 'network': ModelConfig, 'optimization': OptimizerCo
          'loop': LoopConfig, 'attack': AttackConfig}
 
 
+def check_positive(name, value):
+  if not value > 0:
+    raise ValueError(f'--{name} must be > 0; got {value}.')
+
+
+def check_radius(name, value, norm):
+  """A radius: > 0, and inside the [0, 1] image box in Linf."""
+  check_positive(name, value)
+  if norm == 'Linf' and value > 1:
+    raise ValueError(f'--{name}={value} is beyond the [0, 1] image box in Linf; radii are '
+                     'fractions of the pixel range for every dataset, not pixel counts: write '
+                     '8/255 (= 0.0314), not 8.')
+
+
 # ------------------------------------------------------------------------------ objective settings
 def setting(default, help_text, *, role='', absent='does not take it', flag=None):
   """A field of an objective's settings dataclass. help_text: its flag's help; under another
@@ -138,6 +152,9 @@ class AttackSettings:
       role="it scales the training attack's step",
       absent='has no training attack (the validation step is --test_eps_iter)')
 
+  def check(self, config):
+    check_positive('eps_iter_scale', self.eps_iter_scale)
+
 
 @dataclasses.dataclass
 class MMASettings(AttackSettings):
@@ -152,6 +169,8 @@ class MMASettings(AttackSettings):
       'search', absent='runs no AN-PGD search')
 
   def check(self, config):
+    super().check(config)
+    check_radius('attack_mineps', self.attack_mineps, config.norm)
     if self.attack_mineps > config.hinge_maxeps:
       raise ValueError(f'--attack_mineps ({self.attack_mineps}) must not exceed --hinge_maxeps '
                        f'(d_max, {config.hinge_maxeps}): AN-PGD starts at attack_mineps and '
@@ -180,6 +199,10 @@ class PGDSettings(AttackSettings):
                            flag='radius', role='it is the PGD-AT / TRADES training radius',
                            absent='is neither (the validation radius is --test_eps)')
 
+  def check(self, config):
+    super().check(config)
+    check_radius('pgd_eps', self.pgd_eps, config.norm)
+
 
 @dataclasses.dataclass
 class TradesSettings(PGDSettings):
@@ -188,6 +211,7 @@ class TradesSettings(PGDSettings):
                                role='it weighs the TRADES KL term', absent='is not trades')
 
   def check(self, config):
+    super().check(config)
     if self.trades_beta < 0:
       raise ValueError(f'--trades_beta must be >= 0; got {self.trades_beta}.')
 
@@ -293,18 +317,11 @@ class TrainConfig:
          f'{self.num_validation}.')
     need(len(self.input_range) == 2 and self.input_range[0] < self.input_range[1],
          f'--input_range must be two numbers lo,hi with lo < hi; got {self.input_range}.')
-    present = self.fields()
-    for name in ('hinge_maxeps', 'attack_mineps', 'pgd_eps', 'test_eps', 'test_eps_iter',
-                 'learning_rate', 'eps_iter_scale'):
-      need(name not in present or getattr(self, name) > 0,
-           f'--{name} must be > 0; got {getattr(self, name, None)}.')
-    if self.norm == 'Linf':
-      for name in ('hinge_maxeps', 'attack_mineps', 'pgd_eps', 'test_eps'):
-        need(name not in present or getattr(self, name) <= 1,
-             f'--{name}={getattr(self, name, None)} is beyond the [0, 1] image box in Linf; radii '
-             'are fractions of the pixel range for every dataset, not pixel counts: write 8/255 '
-             '(= 0.0314), not 8.')
-    if hasattr(self.settings, 'check'):
+    for name in ('hinge_maxeps', 'test_eps'):
+      check_radius(name, getattr(self, name), self.norm)
+    for name in ('test_eps_iter', 'learning_rate'):
+      check_positive(name, getattr(self, name))
+    if hasattr(self.settings, 'check'):  # the objective's own settings
       self.settings.check(self)
     need(not self.sync_batchnorm or MODELS.get(self.model) is not False,
          f'--sync_batchnorm has no effect on --model={self.model}, which has no BatchNorm; '

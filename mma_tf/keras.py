@@ -70,8 +70,8 @@ _KERAS_OWNS = {
     'jit_compile': 'compile(jit_compile=...)',
     'deterministic': 'tf.config.experimental.enable_op_determinism()',
 }
-# The settings of every part and built-in objective (an objective's own settings: its dataclass's
-# defaults; one you register adds its own).
+# The settings of every part and built-in objective, with their defaults (an objective's own:
+# its dataclass's). An objective registered later is checked through configs.setting_owners.
 SETTINGS = {}
 for _settings in configs.OBJECTIVE_SETTINGS.values():  # mma first: clean_loss_coeff 1/3
   for _name, _field in configs.TrainConfig(settings=_settings()).fields().items():
