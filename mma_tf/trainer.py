@@ -142,14 +142,16 @@ class Trainer:
   def train(self):
     """Trains to `train_steps`, validating and checkpointing every epoch; exports the best model
     (actions.selection says which). Returns a summary dict (final step, best validation value and
-    its step, last validation, seconds of this call and the part of them in training steps)."""
+    its step, last validation, seconds of this call and the part of them in training steps, wall
+    and process CPU)."""
     config = self.config
     start = step = self.restore()
     if start:
       self.log(f'Resumed from step {start} in {self.model_dir}.')
     summaries = Summaries(self.task, self.checkpoints, config.train_steps, start, self.log)
     t0, last_val = time.time(), {}
-    self._step_seconds = 0.0  # in training steps only (no validation, checkpoints or export)
+    # In training steps only (no validation, checkpoints or export): wall and process CPU seconds.
+    self._step_seconds = self._step_cpu_seconds = 0.0
     while step < config.train_steps:
       epoch, start_batch = divmod(step, self.steps_per_epoch)
       epoch_end = min((epoch + 1) * self.steps_per_epoch, config.train_steps)
@@ -167,7 +169,8 @@ class Trainer:
     summary = {'step': step, 'selection_metric': self.selection_metric,
                'best_val_value': best_value, 'best_step': best_step, 'validation': last_val,
                'export': export_dir, 'seconds': round(time.time() - t0, 1),
-               'step_seconds': round(self._step_seconds, 1)}
+               'step_seconds': round(self._step_seconds, 1),
+               'step_cpu_seconds': round(self._step_cpu_seconds, 1)}
     if self.selection_metric == 'avg_margin':
       summary['best_val_margin'] = summary['best_val_value']
     if self.is_chief:
@@ -184,11 +187,12 @@ class Trainer:
     window = {}
     while step < epoch_end:
       n = min(c.steps_per_loop, epoch_end - step, until(c.log_every), until(c.checkpoint_every))
-      started = time.perf_counter()
+      started, cpu_started = time.perf_counter(), time.process_time()
       out = self._train_loop(iterator, n, step, epoch)
       first, step = step + 1, step + n
       bad = int(out.pop('first_non_finite_step'))  # waits for the loop's last step
       self._step_seconds += time.perf_counter() - started
+      self._step_cpu_seconds += time.process_time() - cpu_started
       if bad >= 0:
         latest = self.checkpoints.latest()
         loop = f' (in the loop of steps {first}-{step})' if n > 1 else ''

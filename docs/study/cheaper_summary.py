@@ -4,10 +4,11 @@ faithful runs' budgets joined as the frontier to beat).
 
   python docs/study/cheaper_robustness.py summarize --out=runs/cheaper --doc=docs/study/cheaper
 
-Columns (mean over seeds, (min-max) after it): epochs, training-step seconds (the seconds of the
-training steps alone, cumulative over the run's stages), wall seconds of bin/train.py (steps,
-validation every epoch, checkpoints, export), CPU seconds, clean and AutoAttack robust accuracy
-on the evaluated test points, and the last validation's average margin.
+Columns (mean over seeds, (min-max) after it): training steps, training-step seconds (the
+seconds of the training steps alone, cumulative over the run's stages), wall seconds of
+bin/train.py (steps, validation every epoch, checkpoints, export), CPU seconds of the training
+steps alone and of the whole process, clean and AutoAttack robust accuracy on the evaluated test
+points, and the last validation's average margin.
 """
 import glob
 import json
@@ -20,7 +21,7 @@ import numpy as np
 
 
 def load(out):
-  """{data: {(row, epochs): [per-seed dict]}} of every evaluated stage, seconds cumulative."""
+  """{data: {(row, steps): [per-seed dict]}} of every evaluated stage, seconds cumulative."""
   table = {}
   for run_dir in sorted(glob.glob(os.path.join(out, '*', '*-seed*'))):
     data = os.path.basename(os.path.dirname(run_dir))
@@ -29,22 +30,23 @@ def load(out):
     for path in glob.glob(os.path.join(run_dir, 'stage-*ep', 'stage.json')):
       with open(path) as f:
         stages.append(json.load(f))
-    totals = {'step_seconds': 0.0, 'wall_seconds': 0.0, 'cpu_seconds': 0.0}
-    for stage in sorted(stages, key=lambda s: s['epochs']):
+    totals = {'step_seconds': 0.0, 'wall_seconds': 0.0, 'cpu_seconds': 0.0,
+              'step_cpu_seconds': 0.0}
+    for stage in sorted(stages, key=lambda s: s['steps']):
       for k in totals:
-        totals[k] += stage[k]
-      results = os.path.join(run_dir, f'stage-{stage["epochs"]}ep', 'eval', 'results.json')
+        totals[k] += stage.get(k, float('nan'))  # step_cpu_seconds: recorded since round two
+      results = os.path.join(run_dir, f'stage-{stage["steps"]}steps', 'eval', 'results.json')
       if not os.path.exists(results):
         continue
       with open(results) as f:
         r = json.load(f)
       aa = r['protocols'].get('autoattack')
-      entry = dict(totals, seed=int(seed), clean=r['clean_acc'],
+      entry = dict(totals, seed=int(seed), clean=r['clean_acc'], cpu=stage.get('cpu'),
                    robust=aa['avg_rob_acc'] if aa else None, num_examples=r['num_examples'],
                    margin=stage['validation']['avg_margin'], warnings=r['sanity']['warnings'])
       for name, p in r['protocols'].items():
         entry[f'robust_{name}'] = p['avg_rob_acc']
-      table.setdefault(data, {}).setdefault((row, stage['epochs']), []).append(entry)
+      table.setdefault(data, {}).setdefault((row, stage['steps']), []).append(entry)
   return table
 
 
@@ -57,17 +59,18 @@ def main(out, prefix):
   table = load(out)
   lines, summary = [], {}
   for data, rows in table.items():
-    lines += [f'### {data}', '', '| row | epochs | seeds | step s | wall s | CPU s | clean | '
-              'AutoAttack | val. margin |', '|---' * 9 + '|']
-    for (row, epochs), rs in sorted(rows.items(), key=lambda kv: (kv[0][0] != 'faithful',
-                                                                  kv[0][0], kv[0][1])):
+    lines += [f'### {data}', '', '| row | steps | seeds | step s | wall s | step CPU s | CPU s | '
+              'clean | AutoAttack | val. margin |', '|---' * 10 + '|']
+    for (row, steps), rs in sorted(rows.items(), key=lambda kv: (kv[0][0] != 'faithful',
+                                                                 kv[0][0], kv[0][1])):
       robust = [r['robust'] for r in rs if r['robust'] is not None]
-      lines.append(f'| {row} | {epochs} | {len(rs)} | {cell([r["step_seconds"] for r in rs], 1, 0)}'
+      lines.append(f'| {row} | {steps} | {len(rs)} | {cell([r["step_seconds"] for r in rs], 1, 0)}'
                    f' | {cell([r["wall_seconds"] for r in rs], 1, 0)}'
+                   f' | {cell([r["step_cpu_seconds"] for r in rs], 1, 0)}'
                    f' | {cell([r["cpu_seconds"] for r in rs], 1, 0)}'
                    f' | {cell([r["clean"] for r in rs])}'
                    f' | {cell(robust) if robust else "-"} | {cell([r["margin"] for r in rs], 1, 3)} |')
-      summary.setdefault(data, {})[f'{row}@{epochs}'] = rs
+      summary.setdefault(data, {})[f'{row}@{steps}'] = rs
     lines.append('')
     fig, ax = plt.subplots(figsize=(6, 4))
     names = sorted({row for row, _ in rows})
