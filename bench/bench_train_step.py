@@ -1,15 +1,19 @@
-"""Training-step cost: MMA vs PGD-AT vs standard, MMA with perturbation memory at nb_iter 1 / 2 /
-5 against the faithful MMA step, and MMA against its own passes timed alone.
+"""Training-step cost: every objective's step, each cheaper-MMA lever alone and together as a
+fraction of the faithful MMA step, and every step against the sum of the passes it is made of.
 
 LeNet5Madry, batch 50, nb_iter 40 (the MNIST Linf preset), on the embedded digits (same shapes as
-MNIST). Prints the median step time per objective, the MMA / PGD-AT ratio, the memory steps as
-fractions of the faithful step (one run, back to back; a step costs the same whether its rows
-hold perturbations or not),
-and the MMA step against the sum of the passes it is made of, each timed alone:
-  2 x (forward+backward to the weights, train mode)      clean pass and mixed-batch pass
-  nb_iter x (forward+backward to the input, eval mode)   PGD inside AN-PGD
-  (num_search_steps + 1) x forward                       bisection search
-Run: python bench/bench_train_step.py [--steps=10]
+MNIST). The levers: the illinois boundary search (--search=illinois: 1 + 3 forwards instead of the
+bisection's 1 + 10), the perturbation memory at nb_iter 1 / 2 / 5 (--perturbation_memory), and
+both. One run, back to back (a step costs the same whether its memory rows hold perturbations or
+not). The passes, each timed alone on the same batch size:
+  fwd+bwd to the weights (train mode)   MMA: clean and mixed-batch pass (OMMA: the mixed only,
+                                        its clean pass is a forward); PGD-AT: 1; TRADES: 2
+  fwd+bwd to the input (eval mode)      nb_iter, the PGD inside the training attack
+  forward                               the search: 1 at the PGD point + num_search_steps (the
+                                        bisection's last margin is unused, and TF prunes its
+                                        forward on a model without BatchNorm); OMMA's clean
+                                        pass; TRADES' clean target
+Run: python bench/bench_train_step.py [--steps=10] [--variants=mma,mma+illinois,...]
 """
 import os
 import statistics
@@ -26,8 +30,21 @@ from mma_tf import configs, data as data_lib, losses  # noqa: E402
 from mma_tf import trainer as trainer_lib  # noqa: E402
 from mma_tf.attacks import input_gradient  # noqa: E402
 
-flags.DEFINE_integer('steps', 10, 'Timed steps per objective (median reported).')
+# name -> the overrides of the MNIST Linf preset.
+VARIANTS = {
+    'mma': {},
+    'omma': dict(objective='omma'),
+    'pgd_at': dict(objective='pgd_at'),
+    'trades': dict(objective='trades'),
+    'standard': dict(objective='standard'),
+    'mma+illinois': dict(search='illinois'),
+    **{f'mma+memory k={k}': dict(perturbation_memory=True, nb_iter=k) for k in (1, 2, 5)},
+    **{f'mma+memory k={k}+illinois': dict(perturbation_memory=True, nb_iter=k,
+                                          search='illinois') for k in (1, 2, 5)},
+}
+flags.DEFINE_integer('steps', 10, 'Timed steps per variant (median reported).')
 flags.DEFINE_string('model', 'lenet5_madry', 'Model.')
+flags.DEFINE_list('variants', list(VARIANTS), f'Steps to time, of: {", ".join(VARIANTS)}.')
 FLAGS = flags.FLAGS
 
 
@@ -41,16 +58,30 @@ def median_call(fn, n):
   return statistics.median(times)
 
 
+def passes(c):
+  """(fwd+bwd to the weights, fwd+bwd to the input, forwards) of one step of config c."""
+  if c.objective == 'standard':
+    return 1, 0, 0
+  if c.objective == 'pgd_at':
+    return 1, c.nb_iter, 0
+  if c.objective == 'trades':
+    return 2, c.nb_iter, 1
+  search = c.num_search_steps + (1 if c.search == 'illinois' else 0)  # + the PGD point's - pruned
+  if c.objective == 'omma':
+    return 1, c.nb_iter, search + 1
+  return 2, c.nb_iter, search
+
+
 def main(_):
   tf.get_logger().setLevel('ERROR')
   logging.set_verbosity(logging.WARNING)
+  unknown = set(FLAGS.variants) - set(VARIANTS)
+  if unknown:
+    raise app.UsageError(f'Unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}.')
   data = data_lib.load('mnist_5k')
-  results = {}
-  variants = [('mma', {}), ('pgd_at', {}), ('standard', {})] + [
-      (f'mma+memory k={k}', dict(perturbation_memory=True, nb_iter=k)) for k in (1, 2, 5)]
-  for name, overrides in variants:
-    config = configs.resolve('mnist', 'Linf', dict(objective=name.split('+')[0],
-                                                   model=FLAGS.model, **overrides))
+  results, counts = {}, {}
+  for name in FLAGS.variants:
+    config = configs.resolve('mnist', 'Linf', dict(model=FLAGS.model, **VARIANTS[name]))
     trainer = trainer_lib.Trainer(config, tempfile.mkdtemp(), data=data, log=lambda m: None)
     dataset = data_lib.train_dataset(data, config.batch_size, config.seed, 0)
     iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
@@ -58,7 +89,8 @@ def main(_):
     # The step's outputs are fetched, as the loop does (loss check, progress).
     results[name] = median_call(
         lambda: float(trainer.task.train_step(iterator)['total_loss']), FLAGS.steps)
-    print(f'{name:>17} step: {results[name] * 1000:8.1f} ms', flush=True)
+    counts[name] = passes(config)
+    print(f'{name:>26} step: {results[name] * 1000:8.1f} ms', flush=True)
   model, c = trainer.task.model, configs.resolve('mnist', 'Linf', dict(model=FLAGS.model))
   x = tf.random.uniform([c.batch_size, 28, 28, 1])
   y = tf.random.uniform([c.batch_size], 0, 10, tf.int32)
@@ -75,16 +107,18 @@ def main(_):
   t_in = median_call(lambda: fb_input(x, y).numpy(), 20)
   t_fwd = median_call(lambda: fwd(x).numpy(), 20)
   t_w = median_call(lambda: [g.numpy() for g in fb_weights(x, y)], 20)
-  parts = 2 * t_w + c.nb_iter * t_in + (c.num_search_steps + 1) * t_fwd
-  print(f'passes alone: fwd+bwd(input) {t_in * 1000:.2f} ms, fwd {t_fwd * 1000:.2f} ms, '
-        f'fwd+bwd(weights) {t_w * 1000:.2f} ms; MMA sum of passes {parts * 1000:.1f} ms')
-  print(f'MMA / PGD-AT step = {results["mma"] / results["pgd_at"]:.3f} (target <= 1.15)')
-  print(f'MMA step / sum of its passes = {results["mma"] / parts:.3f} (target <= 1.15)')
-  print(f'PGD-AT / standard step = {results["pgd_at"] / results["standard"]:.1f}')
-  for k in (1, 2, 5):
-    name = f'mma+memory k={k}'
-    print(f'{name} / faithful MMA (nb_iter {c.nb_iter}) step = '
-          f'{results[name] / results["mma"]:.3f}')
+  print(f'passes alone: fwd+bwd(weights) {t_w * 1000:.2f} ms, fwd+bwd(input) {t_in * 1000:.2f} '
+        f'ms, fwd {t_fwd * 1000:.2f} ms')
+  faithful = results.get('mma')
+  print('| step | ms | / faithful MMA | passes: fwd+bwd weights / input, fwd | sum of passes '
+        'ms | step / sum |')
+  print('|---|---|---|---|---|---|')
+  for name, t in results.items():
+    w, i, f = counts[name]
+    parts = w * t_w + i * t_in + f * t_fwd
+    ratio = f'{t / faithful:.3f}' if faithful else '-'
+    print(f'| {name} | {t * 1000:.1f} | {ratio} | {w} / {i} / {f} | {parts * 1000:.1f} | '
+          f'{t / parts:.3f} |')
 
 
 if __name__ == '__main__':

@@ -17,6 +17,12 @@ import json
 from typing import Any, Optional, Tuple
 
 PRECISIONS = ('float32', 'mixed_float16', 'mixed_bfloat16')  # mma_tf.precision.POLICIES
+# AN-PGD's boundary search in training (mma_tf.attacks.anpgd_attack): the released bisection, or
+# regula falsi with the Illinois modification.
+SEARCHES = ('bisection', 'illinois')
+# The illinois search's forwards when --num_search_steps is not given (docs/RESULTS.md,
+# "Cheaper robustness, round two").
+ILLINOIS_SEARCH_STEPS = 3
 
 # The registered models (mma_tf.models.MODELS, checked by a test) and whether they hold
 # BatchNorm; listed here so that flags can be checked without importing Keras.
@@ -167,6 +173,13 @@ class MMASettings(AttackSettings):
       'train', 'BN mode of the AN-PGD bisection forwards (released code: train; MMA/OMMA with a '
       'BatchNorm model only).', flag=('train', 'eval'), role="it is the BN mode of AN-PGD's "
       'search', absent='runs no AN-PGD search')
+  search: str = setting(
+      'bisection', "AN-PGD's boundary search along the PGD direction in training: bisection "
+      '(released) or illinois (regula falsi with the Illinois modification: the boundary of a '
+      f'nearly linear margin in a few forwards; --num_search_steps defaults to '
+      f'{ILLINOIS_SEARCH_STEPS} with it, the validation search keeps its bisection steps; '
+      'MMA/OMMA only).', flag=SEARCHES, role="it is AN-PGD's boundary search",
+      absent='runs no AN-PGD search')
 
   def check(self, config):
     super().check(config)
@@ -179,6 +192,8 @@ class MMASettings(AttackSettings):
       raise ValueError(f'--clean_loss_coeff must be in [0, 1]; got {self.clean_loss_coeff}.')
     if self.search_bn_mode not in ('train', 'eval'):
       raise ValueError(f"--search_bn_mode must be 'train' or 'eval'; got {self.search_bn_mode!r}.")
+    if self.search not in SEARCHES:
+      raise ValueError(f'--search must be one of {SEARCHES}; got {self.search!r}.')
 
 
 @dataclasses.dataclass
@@ -538,6 +553,12 @@ def build(fields, overrides: Optional[dict] = None):
     # Warm starts want small steps: 0.5 eps per iteration measured best (docs/RESULTS.md,
     # "Cheaper robustness"); the released 2.5 eps / nb_iter throws the stored start away.
     fields['eps_iter_scale'] = 0.5 * fields.get('nb_iter', AttackConfig.nb_iter)
+  if fields.get('search') == 'illinois' and 'num_search_steps' not in overrides:
+    # A few forwards find what bisection's ten do (docs/RESULTS.md); the validation monitor keeps
+    # the bisection's steps, so that checkpoint selection does not change with the search.
+    fields.setdefault('test_num_search_steps',
+                      fields.get('num_search_steps', AttackConfig.num_search_steps))
+    fields['num_search_steps'] = ILLINOIS_SEARCH_STEPS
   for name in ('lr_boundaries', 'lr_values', 'input_range'):
     if name in fields:
       fields[name] = tuple(fields[name])

@@ -59,8 +59,9 @@ _FIELDS = {
                      'every objective, the validation margin search spans 1.05 d_max.'),
     'nb_iter': (flags.DEFINE_integer, 'PGD iterations in AN-PGD, PGD-AT, TRADES and (unless '
                 '--test_nb_iter) validation.'),
-    'num_search_steps': (flags.DEFINE_integer, 'Bisection steps of AN-PGD (training and, unless '
-                         '--test_num_search_steps, validation).'),
+    'num_search_steps': (flags.DEFINE_integer, 'Search steps of AN-PGD along the PGD direction: '
+                         'bisection steps (training and, unless --test_num_search_steps, '
+                         'validation), or the forwards of --search=illinois (default 3 with it).'),
     'sync_batchnorm': (flags.DEFINE_bool, 'BatchNorm statistics over the global batch (all '
                        'replicas) instead of per replica (released code: per replica).'),
     'released_quirks': (flags.DEFINE_bool, "AN-PGD as released: last midpoint, x+eps*u "

@@ -17,7 +17,7 @@ class MMA(Objective):
   starting from max(attack_mineps, remembered eps); wrong examples are remembered as 0.
 
   BatchNorm, as the released code: passes (a) clean and (d) mixed run in train mode, the PGD
-  iterations in eval mode, and the 1 + num_search_steps bisection forwards in the mode
+  iterations in eval mode, and the 1 + num_search_steps search forwards in the mode
   `search_bn_mode` ('train' as released). Every train-mode forward normalises with its own batch
   statistics and moves the moving statistics once, so a step moves them 2 + 1 + num_search_steps
   times with 'train' and 2 times with 'eval' (tests/test_bn_sgd.py); the train-mode search also
@@ -31,9 +31,10 @@ class MMA(Objective):
 
   def __call__(self, model, x, y, eps0, seeds, stop_recording, warm_start=None):
     c = self.config
-    clean_logits = self.logits(model, x, True)  # (a) clean pass: BN batch statistics, updated
+    clean_logits = self.clean_pass(model, x, stop_recording)  # (a)
     clean_ce = losses.cross_entropy(clean_logits, y)
-    is_correct = losses.soft_logit_margin(clean_logits, y) < 0  # (b) the SLM split
+    clean_margin = losses.soft_logit_margin(clean_logits, y)
+    is_correct = clean_margin < 0  # (b) the SLM split
     eps0 = tf.maximum(eps0, c.attack_mineps)
     with stop_recording():  # (c) AN-PGD on the correct examples
       x_mix, eps_hat = compiled(anpgd, c)(
@@ -41,7 +42,10 @@ class MMA(Objective):
           nb_iter=c.nb_iter, eps_iter_scale=c.eps_iter_scale,
           num_search_steps=c.num_search_steps, rand_init=True, seed=seeds, mask=is_correct,
           search_predict=self.attack_predictor(model, c.search_bn_mode == 'train'),
-          released_quirks=c.released_quirks, warm_start=warm_start)
+          released_quirks=c.released_quirks, warm_start=warm_start, search=c.search,
+          # The illinois search starts from the margin at x: the clean pass has it (in train
+          # mode: with BatchNorm, the clean batch's statistics, not the search batch's).
+          zero_margin=clean_margin if c.search == 'illinois' else None)
     mix_ce = losses.cross_entropy(self.logits(model, x_mix, True), y)  # (d) one pass, mixed batch
     in_hinge = tf.logical_and(is_correct, eps_hat < c.hinge_maxeps)
     margin_terms = tf.where(tf.logical_or(in_hinge, tf.logical_not(is_correct)), mix_ce, 0.0)
@@ -57,6 +61,15 @@ class MMA(Objective):
     # The perturbation AN-PGD ended with, remembered for the attacked examples only.
     return ObjectiveOutput(loss, eps_hat, stats, perturbation=x_mix - x,
                            perturbation_mask=is_correct)
+
+  def clean_pass(self, model, x, stop_recording):
+    """(a) The clean train-mode pass (BN batch statistics, updated). With clean_loss_coeff 0
+    (OMMA) its loss has weight 0, so the tape does not record it: the same step without a
+    backward pass through the model (tests/test_objectives.py)."""
+    if self.config.clean_loss_coeff == 0:
+      with stop_recording():
+        return self.logits(model, x, True)
+    return self.logits(model, x, True)
 
   def summarize(self, sums, count):
     """Means, except avg_eps and frac_at_dmax: over the SLM-correct examples (the attacked)."""

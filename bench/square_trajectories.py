@@ -1,0 +1,123 @@
+"""Square's margin, query by query, on the points AutoAttack's gradient attacks leave robust.
+
+  python bench/square_trajectories.py record --saved_model=DIR --report=DIR/eval --eps=0.3 \
+      --num_examples=500 --out=DIR/square_trajectories.npz [--dataset=mnist_5k --norm=Linf]
+  python bench/square_trajectories.py summarize NAME=FILE.npz ...
+
+`record` reads an AutoAttack report of the model (`mma-evaluate --protocol=autoattack[,...]`,
+its per_example.npz) for the points its Square ran on (clean-correct, not broken by APGD-CE,
+APGD-T or FAB-T), and runs AutoAttack's Square on them, with the evaluator's seeds, in pieces
+resumed from one another (`square_search(resume=...)`: bit for bit one full run), keeping each
+point's best margin (z_y - max_{j != y} z_j; <= 0 once broken) after every piece. It checks
+that the points it breaks are the ones the report's Square broke.
+
+`summarize` prints, per model, the points still searching after the fast protocol's prefix
+(`--prefix` queries) split into those Square breaks later and those it never breaks, with what
+the search looked like at the prefix: the margin left as a fraction of the margin after the
+first query, and its fall over the last half of the prefix. The fast protocol's continuation
+rule (mma_tf.evaluation.fast) was chosen from these tables (docs/autoattack.md 6).
+"""
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np  # noqa: E402
+
+# Margins are recorded after these iterations: dense where the window schedule changes
+# (attacks/square_attack.P_BOUNDARIES), then every 250.
+CHECKPOINTS = (1, 5, 10, 25, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1250, 1500,
+               1750, 2000, 2250, 2500, 2750, 3000, 3250, 3500, 3750, 4000, 4250, 4500, 4750, 5000)
+
+
+def record(argv):
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  flags.DEFINE_string('saved_model', None, 'SavedModel to attack.')
+  flags.DEFINE_string('report', None, 'Directory of an AutoAttack report of it (per_example.npz).')
+  flags.DEFINE_string('dataset', 'mnist_5k', 'Dataset (as mma-evaluate).')
+  flags.DEFINE_enum('norm', 'Linf', ['Linf', 'L2'], 'Threat model.')
+  flags.DEFINE_float('eps', 0.3, 'Radius (one of the report\'s).')
+  flags.DEFINE_integer('num_examples', 500, 'First N test examples (as the report).')
+  flags.DEFINE_integer('batch_size', 100, 'Batch size.')
+  flags.DEFINE_integer('seed', 0, 'The evaluator seed (as the report).')
+  flags.DEFINE_string('out', None, 'Output .npz.')
+  flags.mark_flags_as_required(['saved_model', 'report', 'out'])
+  f = flags.FLAGS
+  f(argv)
+  import mma_tf  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from mma_tf import data as data_lib, export  # pylint: disable=import-outside-toplevel
+  from mma_tf.attacks.square_attack import square_search  # pylint: disable=import-outside-toplevel
+  from mma_tf.evaluation.common import stream_example_seeds  # pylint: disable=import-outside-toplevel
+
+  tf.get_logger().setLevel('ERROR')
+  report = np.load(os.path.join(f.report, 'per_example.npz'))
+  e_i = int(np.argmin(np.abs(report['eps'] - f.eps)))
+  if abs(report['eps'][e_i] - f.eps) > 1e-6:
+    sys.exit(f'eps {f.eps} is not in the report (it has {report["eps"].tolist()}).')
+  names = list(report['autoattack_attack_names'])
+  square_index = names.index('square')
+  broken_by = report['autoattack_broken_by'][e_i]
+  points = np.flatnonzero(report['clean_correct'] & ((broken_by < 0) | (broken_by == square_index)))
+  predict, _ = export.load_classifier(f.saved_model)
+  x, y, _ = data_lib.load(f.dataset).eval_split('test', limit=f.num_examples)
+  if len(y) != len(broken_by):
+    sys.exit(f'The report has {len(broken_by)} points, --num_examples {len(y)}.')
+  margins = np.zeros((len(points), len(CHECKPOINTS)), np.float32)
+  queries = np.zeros(len(points), np.int32)
+  for lo in range(0, len(points), f.batch_size):
+    p = points[lo:lo + f.batch_size]
+    xb, yb = tf.constant(x[p]), tf.constant(y[p])
+    # The evaluator's Square seeds: stream 'square', stage 0, keyed by the position.
+    seeds = stream_example_seeds(f.seed, 'square', tf.constant(p.astype(np.int32)), 0)
+    state, done = None, 0
+    for c_i, n in enumerate(CHECKPOINTS):
+      state = square_search(predict, xb, yb, f.eps, norm=f.norm, n_queries=n, seed=seeds,
+                            resume=None if state is None else (done, state))
+      done = n
+      margins[lo:lo + len(p), c_i] = state.margin.numpy()
+    queries[lo:lo + len(p)] = state.queries.numpy()
+    print(f'{lo + len(p)}/{len(points)} points', flush=True)
+  broken = margins[:, -1] <= 0
+  expected = broken_by[points] == square_index
+  if not np.array_equal(broken, expected):
+    sys.exit(f'Square broke {np.flatnonzero(broken).tolist()} here, the report '
+             f'{np.flatnonzero(expected).tolist()} (positions in the list of points).')
+  np.savez_compressed(f.out, points=points, margins=margins, queries=queries,
+                      checkpoints=np.array(CHECKPOINTS), labels=y[points], eps=f.eps,
+                      norm=f.norm, saved_model=f.saved_model)
+  print(f'{len(points)} points, Square broke {broken.sum()}: {f.out}')
+
+
+def summarize(argv):
+  import argparse  # pylint: disable=import-outside-toplevel
+  parser = argparse.ArgumentParser()
+  parser.add_argument('models', nargs='+', help='NAME=FILE.npz')
+  parser.add_argument('--prefix', type=int, default=1000)
+  opts = parser.parse_args(argv[1:])
+  print('| model | points | broken by Square (<= prefix / later) | still searching at the prefix, '
+        'never broken | later-broken: margin left at the prefix | never broken: margin left '
+        '(percentiles 0 / 5 / 50) | later-broken: fall over the prefix\'s last half | never '
+        'broken: fall (percentiles 100 / 95 / 50) |')
+  print('|---' * 8 + '|')
+  for item in opts.models:
+    name, path = item.split('=', 1)
+    d = np.load(path)
+    c = list(d['checkpoints'])
+    at, half, first = c.index(opts.prefix), c.index(opts.prefix // 2), 0
+    m = d['margins']
+    broken = m[:, -1] <= 0
+    early = m[:, at] <= 0
+    later = broken & ~early
+    never = ~broken
+    left = m[:, at] / m[:, first]
+    fall = (m[:, half] - m[:, at]) / m[:, first]
+    pct = lambda v, qs: ' / '.join(f'{np.percentile(v, q):.3f}' for q in qs) if v.size else '-'
+    vals = lambda v: ', '.join(f'{a:.3f}' for a in v) or '-'
+    print(f'| {name} | {len(m)} | {early.sum()} / {later.sum()} | {never.sum()} | '
+          f'{vals(left[later])} | {pct(left[never], (0, 5, 50))} | {vals(fall[later])} | '
+          f'{pct(fall[never], (100, 95, 50))} |')
+
+
+if __name__ == '__main__':
+  {'record': record, 'summarize': summarize}[sys.argv[1]](sys.argv[1:])
