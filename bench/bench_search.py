@@ -1,18 +1,20 @@
 """AN-PGD's boundary search on a trained model: the illinois search (--search=illinois) against
 the released bisection, along the same PGD directions.
 
-  python bench/bench_search.py --saved_model=DIR [--num_examples=500 --eps0=0.1,0.3 \
-      --nb_iter=40 --hinge_maxeps=0.45 --search_steps=1,2,3,4]
+  python bench/bench_search.py --saved_model=DIR [--num_examples=500 --eps0=0.1,remembered,0.3 \
+      --nb_iter=40 --hinge_maxeps=0.45 --search_steps=2,3,4]
 
-On the first N training digits that the model classifies with p_y > 1/2 (the examples MMA
-attacks), PGD at each eps0 (the SLM loss, step 2.5 eps0 / nb_iter, random start: the training
-attack) gives a direction u; then, on the same u, the released bisection (10 steps, 1 + 10
-forwards, the last margin unused) returns its scale and its final bracket [lower, upper], and the
-illinois search with k forwards (after the one at the PGD point) returns its estimate. Printed,
-per eps0 and k: how far the illinois scale is from the bisection's, in units of the bisection's
-own bracket width (percentiles, and the share within one width), the share of examples where
-either search found no success up to maxeps = 1.05 d_max (both return about maxeps there), and
-the forwards each search spends per step.
+On the first N validation digits that the model classifies with p_y > 1/2 (the examples MMA
+attacks), PGD at eps0 (the SLM loss, step 2.5 eps0 / nb_iter, random start: the training attack)
+gives a direction u; then, on the same u, the released bisection (10 steps, 1 + 10 forwards, the
+last margin unused) returns its scale and its final bracket [lower, upper], and the illinois
+search with k forwards (after the one at the PGD point) returns its estimate. eps0 is a number,
+or 'remembered': what the eps memory holds in training, the example's bisection estimate from a
+PGD at 0.1, times a factor drawn from U(0.8, 1.2) (the model has moved since its last visit).
+Printed, per eps0 and k: the share of examples where the two scales are within one width of the
+bisection's own final bracket, the absolute difference (percentiles, and the share above 0.01),
+its mean (a bias), and the share where either search found no success up to maxeps = 1.05 d_max
+(both return about maxeps there).
 """
 import os
 
@@ -31,10 +33,11 @@ flags.DEFINE_string('saved_model', None, 'A trained classifier (SavedModel).')
 flags.DEFINE_string('dataset', 'mnist_5k', 'Dataset (its training split).')
 flags.DEFINE_enum('norm', 'Linf', ['Linf', 'L2'], 'Threat model.')
 flags.DEFINE_integer('num_examples', 500, 'First N training examples.')
-flags.DEFINE_list('eps0', ['0.1', '0.3'], 'Starting radii (the eps memory of the examples).')
+flags.DEFINE_list('eps0', ['0.1', 'remembered', '0.3'],
+                 "Starting radii (the eps memory of the examples): numbers, or 'remembered'.")
 flags.DEFINE_integer('nb_iter', 40, 'PGD iterations (the MNIST preset: 40).')
 flags.DEFINE_float('hinge_maxeps', 0.45, 'd_max; the search spans 1.05 d_max.')
-flags.DEFINE_list('search_steps', ['1', '2', '3', '4'], 'Illinois forwards to compare.')
+flags.DEFINE_list('search_steps', ['2', '3', '4'], 'Illinois forwards to compare.')
 flags.DEFINE_integer('batch_size', 100, 'Batch size.')
 flags.mark_flag_as_required('saved_model')
 FLAGS = flags.FLAGS
@@ -73,30 +76,38 @@ def main(_):
   print(f'{FLAGS.saved_model}: {len(y)} of {len(keep)} examples with p_y > 1/2; maxeps '
         f'{maxeps:.4f}; forwards per search: bisection 1 + {BISECTION_STEPS} (its last margin '
         f'unused), illinois 1 + k (the margin at x comes from the clean pass)')
-  print('| eps0 | k | within 1 bracket width | |illinois - bisection| / width: p50 / p90 / p99 / '
-        'max | no success up to maxeps: bisection / illinois | mean scale: bisection / '
-        'illinois |')
-  print('|---|---|---|---|---|---|')
-  for eps0 in [float(e) for e in FLAGS.eps0]:
+  print('| eps0 | k | within 1 bracket width | abs. difference p50 / p90 / p99 / max | above '
+        '0.01 | mean difference | no success up to maxeps: bisection / illinois |')
+  print('|---|---|---|---|---|---|---|')
+  for name in FLAGS.eps0:
     rows = {k: [] for k in steps}
     bis = []
     for lo in range(0, len(y), FLAGS.batch_size):
       xb, yb = tf.constant(x[lo:lo + FLAGS.batch_size]), tf.constant(y[lo:lo + FLAGS.batch_size])
-      e0 = tf.fill([len(yb)], eps0)
-      u, first, zero = direction(xb, yb, e0, example_seeds([0, 1], index[lo:lo + len(yb)]))
-      bis.append([v.numpy() for v in bisect(xb, yb, u, e0, first)])
+      seeds = example_seeds([0, 1], index[lo:lo + len(yb)])
+      if name == 'remembered':
+        e0 = tf.fill([len(yb)], 0.1)
+        u, first, _ = direction(xb, yb, e0, seeds)
+        factor = tf.random.stateless_uniform([len(yb)], [lo, 2], 0.8, 1.2)
+        e0 = tf.minimum(bisect(xb, yb, u, e0, first)[0] * factor, maxeps)
+        seeds = example_seeds([0, 2], index[lo:lo + len(yb)])
+      else:
+        e0 = tf.fill([len(yb)], float(name))
+      u, first, zero = direction(xb, yb, e0, seeds)
+      bis.append([v.numpy() for v in bisect(xb, yb, u, e0, first)] + [e0.numpy()])
       for k in steps:
         rows[k].append(searches[k](xb, yb, u, e0, first, zero)[0].numpy())
-    scale, lower, upper = (np.concatenate(v) for v in zip(*bis))
-    width = upper - lower
-    bis_none = scale > maxeps - (maxeps - eps0) / 2**(BISECTION_STEPS - 1)
+    scale, lower, upper, eps0 = (np.concatenate(v) for v in zip(*bis))
+    width = np.maximum(upper - lower, 1e-12)  # 0 where eps0 = maxeps failed: both say maxeps
+    bis_none = scale > maxeps - (maxeps - eps0) / 2**(BISECTION_STEPS - 1) - 1e-7
     for k in steps:
       est = np.concatenate(rows[k])
-      rel = np.abs(est - scale) / width
-      q = np.percentile(rel, [50, 90, 99, 100])
-      print(f'| {eps0:g} | {k} | {np.mean(rel <= 1):.1%} | ' + ' / '.join(f'{v:.2f}' for v in q)
-            + f' | {bis_none.mean():.1%} / {np.mean(est >= maxeps):.1%} | {scale.mean():.4f} / '
-            f'{est.mean():.4f} |')
+      diff = np.abs(est - scale)
+      q = np.percentile(diff, [50, 90, 99, 100])
+      print(f'| {name} | {k} | {np.mean(diff <= width):.1%} | '
+            + ' / '.join(f'{v:.4f}' for v in q) + f' | {np.mean(diff > 0.01):.1%} | '
+            f'{np.mean(est - scale):+.5f} | {bis_none.mean():.1%} / '
+            f'{np.mean(est >= maxeps - 1e-7):.1%} |')
 
 
 if __name__ == '__main__':

@@ -66,9 +66,10 @@ def illinois_search(margin_fn, x, u, first_scale, first_margin, zero_margin, max
   exact after 2 forwards (1 when the first scale already succeeds).
 
   Returns (scale, lower, upper) as `bisection_search`: with use_last_margin=False `scale` is the
-  root of the chord between the final bracket's ends (the boundary's best estimate, like the
-  released last midpoint not itself evaluated); with True, the upper end: the smallest scale known
-  to succeed. Either is maxeps when no scale up to maxeps succeeded.
+  boundary's best estimate, like the released last midpoint not itself evaluated: the root of the
+  chord between the final bracket's ends, or, when no scale tried succeeded, of the line through
+  the last two failing scales (between the last and maxeps: maxeps once maxeps itself failed);
+  with True, the upper end: the smallest scale known to succeed (maxeps if none did).
   """
   dtype = first_scale.dtype
   maxeps = tf.broadcast_to(tf.cast(maxeps, dtype), tf.shape(first_scale))
@@ -122,9 +123,14 @@ def illinois_search(margin_fn, x, u, first_scale, first_margin, zero_margin, max
     scale = next_scale(state)
     margin = margin_fn(tf.clip_by_value(x + norms_lib.per_example(scale, x) * u, clip_min, clip_max))
     state = update(state, scale, margin)
-  lower, f_lower, _, upper, f_upper, _, _, _, bracketed, _ = state
-  estimate = upper if use_last_margin else chord_root(lower, f_lower, upper, f_upper)
-  return tf.where(bracketed, estimate, maxeps), lower, upper
+  lower, f_lower, _, upper, f_upper, _, before, f_before, bracketed, _ = state
+  if use_last_margin:
+    return tf.where(bracketed, upper, maxeps), lower, upper
+  # Not bracketed: where the line through the last two failing scales crosses 0 (maxeps at most).
+  slope = (f_lower - f_before) / tf.maximum(lower - before, tiny)
+  line_root = tf.where(slope > 0, lower - f_lower / tf.where(slope > 0, slope, 1.0), maxeps)
+  return (tf.where(bracketed, chord_root(lower, f_lower, upper, f_upper),
+                   tf.clip_by_value(line_root, lower, maxeps)), lower, upper)
 
 
 # While no scale is known to succeed, the step to the extrapolated boundary is lengthened by this
