@@ -72,6 +72,17 @@ ROWS = {
     'memory-k5': dict(flags=_MEMORY + ['--nb_iter=5'], budgets=_BUDGETS),
     'no-memory-k2': dict(flags=['{monitor}', '--nb_iter=2'], budgets=_BUDGETS),
 }
+# The illinois boundary search (--search=illinois, 1 + 3 forwards instead of the bisection's 1 +
+# 10; the validation monitor keeps the bisection), alone and with each memory row.
+ROWS['faithful-illinois'] = dict(flags=['--search=illinois'], budgets=_BUDGETS)
+for _k in (1, 2, 5):
+  ROWS[f'memory-k{_k}-illinois'] = dict(flags=ROWS[f'memory-k{_k}']['flags'] + ['--search=illinois'],
+                                        budgets=_BUDGETS)
+# 16-bit arithmetic: only where the CPU has native bfloat16 (avx512_bf16 or amx_bf16); where it
+# has not, TF emulates it, which measures the emulation, so the study leaves these rows out.
+BF16 = ['--mixed_precision=mixed_bfloat16']
+for _row in ('faithful', 'memory-k1-illinois', 'memory-k2-illinois'):
+  ROWS[f'{_row}-bf16'] = dict(flags=ROWS[_row]['flags'] + BF16, budgets=_BUDGETS)
 
 
 def cpu_model():
@@ -119,8 +130,13 @@ def _flags(flags, npz, monitor=()):
 def train(opts):
   spec = DATA[opts.data]
   pin = ['taskset', '-c', opts.cpus] if opts.cpus else []
+  cpu = cpu_model()
   for seed in opts.seeds:
     for row in opts.rows:
+      if BF16[0] in ROWS[row]['flags'] and not cpu['native_bf16']:
+        print(f'{row}: skipped: this CPU ({cpu["model"]}, {", ".join(cpu["features"])}) has no '
+              'native bfloat16, and emulated bfloat16 would measure the emulation', flush=True)
+        continue
       run_dir = os.path.join(opts.out, opts.data, f'{row}-seed{seed}')
       os.makedirs(run_dir, exist_ok=True)
       for fraction in ROWS[row]['budgets']:
@@ -139,7 +155,7 @@ def train(opts):
         shutil.copytree(os.path.join(run_dir, 'export'), os.path.join(stage, 'export'))
         record = dict(summary, steps=steps, epochs=round(steps / spec['steps_per_epoch'], 2),
                       wall_seconds=round(wall, 1), cpu_seconds=round(cpu, 1), args=args[1:],
-                      cpus=opts.cpus or None, cpu=cpu_model())
+                      cpus=opts.cpus or None, cpu=cpu)
         with open(os.path.join(stage, 'stage.json'), 'w') as f:
           json.dump(record, f, indent=2)
         print(f'  {steps} steps: {wall:.0f} s wall, {summary["step_seconds"]:.0f} s in steps, '
