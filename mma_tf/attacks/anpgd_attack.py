@@ -52,6 +52,11 @@ def bisection_search(margin_fn, x, u, first_scale, first_margin, maxeps, num_ste
   return scale, lower, upper
 
 
+# While no scale is known to succeed, the step to the extrapolated boundary is lengthened by this
+# fraction, so that a nearly linear margin is crossed (bracketed) by the next forward.
+OVERSHOOT = 0.1
+
+
 def illinois_search(margin_fn, x, u, first_scale, first_margin, zero_margin, maxeps, num_steps,
                     clip_min=CLIP_MIN, clip_max=CLIP_MAX, use_last_margin=False):
   """Regula falsi with the Illinois modification on the scale e of x + e*u for margin_fn = 0.
@@ -107,13 +112,16 @@ def illinois_search(margin_fn, x, u, first_scale, first_margin, zero_margin, max
     root = b - fb * (b - a) / tf.maximum(fb - fa, tiny)
     return tf.clip_by_value(root, a, b)
 
+  def line_root(lower, f_lower, before, f_before):
+    """(where the line through the last two failing scales crosses 0, whether it rises)."""
+    slope = (f_lower - f_before) / tf.maximum(lower - before, tiny)
+    rises = tf.logical_and(lower > before, slope > 0)
+    return lower - f_lower / tf.where(rises, slope, tf.ones_like(slope)), rises
+
   def next_scale(state):
     lower, f_lower, w_lower, upper, _, w_upper, before, f_before, bracketed, _ = state
-    slope = (f_lower - f_before) / tf.maximum(lower - before, tiny)
-    grows = tf.logical_and(lower > before, slope > 0)
-    line_root = lower - f_lower / tf.where(grows, slope, tf.ones_like(slope))
-    extrapolated = tf.where(grows, lower + (1 + OVERSHOOT) * (line_root - lower),
-                            (lower + maxeps) / 2)
+    root, rises = line_root(lower, f_lower, before, f_before)
+    extrapolated = tf.where(rises, lower + (1 + OVERSHOOT) * (root - lower), (lower + maxeps) / 2)
     return tf.where(bracketed, chord_root(lower, w_lower, upper, w_upper),
                     tf.minimum(extrapolated, maxeps))
 
@@ -126,16 +134,9 @@ def illinois_search(margin_fn, x, u, first_scale, first_margin, zero_margin, max
   lower, f_lower, _, upper, f_upper, _, before, f_before, bracketed, _ = state
   if use_last_margin:
     return tf.where(bracketed, upper, maxeps), lower, upper
-  # Not bracketed: where the line through the last two failing scales crosses 0 (maxeps at most).
-  slope = (f_lower - f_before) / tf.maximum(lower - before, tiny)
-  line_root = tf.where(slope > 0, lower - f_lower / tf.where(slope > 0, slope, 1.0), maxeps)
-  return (tf.where(bracketed, chord_root(lower, f_lower, upper, f_upper),
-                   tf.clip_by_value(line_root, lower, maxeps)), lower, upper)
-
-
-# While no scale is known to succeed, the step to the extrapolated boundary is lengthened by this
-# fraction, so that a nearly linear margin is crossed (bracketed) by the next forward.
-OVERSHOOT = 0.1
+  root, rises = line_root(lower, f_lower, before, f_before)
+  unbracketed = tf.clip_by_value(tf.where(rises, root, maxeps), lower, maxeps)
+  return tf.where(bracketed, chord_root(lower, f_lower, upper, f_upper), unbracketed), lower, upper
 
 
 def _check_search_args(maxeps, num_search_steps):

@@ -65,7 +65,7 @@ class MMA(Objective):
   def clean_pass(self, model, x, stop_recording):
     """(a) The clean train-mode pass (BN batch statistics, updated). With clean_loss_coeff 0
     (OMMA) its loss has weight 0, so the tape does not record it: the same step without a
-    backward pass through the model (tests/test_objectives.py)."""
+    backward pass through the model (tests/test_search.py)."""
     if self.config.clean_loss_coeff == 0:
       with stop_recording():
         return self.logits(model, x, True)
