@@ -1,6 +1,8 @@
 """Where AutoAttack's time goes after APGD-CE, and what the fast protocol may drop.
 
   python bench/analyze_fast.py --saved_model=DIR --norm=Linf --eps=0.3 --num_examples=200
+  python bench/analyze_fast.py ... --points=385,412   # only these (e.g. the points a report says
+                                                      # fast left robust and AutoAttack broke)
 
 On the points APGD-CE leaves robust it runs, without compaction, every APGD-T target by logit
 rank, every FAB-T target and Square with its full budget (AutoAttack's seeds), and prints:
@@ -35,6 +37,8 @@ flags.DEFINE_float('eps', 0.3, 'Radius.')
 flags.DEFINE_integer('num_examples', 200, 'First N test examples.')
 flags.DEFINE_integer('batch_size', 100, 'Batch size.')
 flags.DEFINE_integer('seed', 0, 'The evaluator seed.')
+flags.DEFINE_list('points', [], 'Analyse only these positions of the evaluated set (default: '
+                  'every clean-correct point).')
 flags.mark_flag_as_required('saved_model')
 FLAGS = flags.FLAGS
 
@@ -95,6 +99,8 @@ def main(_):
 
   clean = is_correct(predict(tf.constant(x)), y).numpy()
   todo = np.flatnonzero(clean)
+  if FLAGS.points:
+    todo = np.intersect1d(todo, [int(p) for p in FLAGS.points])
   ce, = run('apgd-ce', lambda a, b, e, s: apgd(tally, a, b, e, norm=norm, loss='ce', seed=s),
             todo, 'apgd-ce', 0)
   left = todo[~ce]

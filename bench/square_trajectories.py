@@ -63,20 +63,25 @@ def record(argv):
   x, y, _ = data_lib.load(f.dataset).eval_split('test', limit=f.num_examples)
   if len(y) != len(broken_by):
     sys.exit(f'The report has {len(broken_by)} points, --num_examples {len(y)}.')
+  @tf.function
+  def trajectory(xb, yb, index):
+    """Square's margins after each checkpoint [B, checkpoints] and its queries [B]."""
+    # The evaluator's Square seeds: stream 'square', stage 0, keyed by the position.
+    seeds = stream_example_seeds(f.seed, 'square', index, 0)
+    state, done, margins = None, 0, []
+    for n in CHECKPOINTS:
+      state = square_search(predict, xb, yb, f.eps, norm=f.norm, n_queries=n, seed=seeds,
+                            resume=None if state is None else (done, state))
+      done = n
+      margins.append(state.margin)
+    return tf.stack(margins, 1), state.queries
+
   margins = np.zeros((len(points), len(CHECKPOINTS)), np.float32)
   queries = np.zeros(len(points), np.int32)
   for lo in range(0, len(points), f.batch_size):
     p = points[lo:lo + f.batch_size]
-    xb, yb = tf.constant(x[p]), tf.constant(y[p])
-    # The evaluator's Square seeds: stream 'square', stage 0, keyed by the position.
-    seeds = stream_example_seeds(f.seed, 'square', tf.constant(p.astype(np.int32)), 0)
-    state, done = None, 0
-    for c_i, n in enumerate(CHECKPOINTS):
-      state = square_search(predict, xb, yb, f.eps, norm=f.norm, n_queries=n, seed=seeds,
-                            resume=None if state is None else (done, state))
-      done = n
-      margins[lo:lo + len(p), c_i] = state.margin.numpy()
-    queries[lo:lo + len(p)] = state.queries.numpy()
+    m, q = trajectory(tf.constant(x[p]), tf.constant(y[p]), tf.constant(p.astype(np.int32)))
+    margins[lo:lo + len(p)], queries[lo:lo + len(p)] = m.numpy(), q.numpy()
     print(f'{lo + len(p)}/{len(points)} points', flush=True)
   broken = margins[:, -1] <= 0
   expected = broken_by[points] == square_index

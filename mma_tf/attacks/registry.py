@@ -69,9 +69,10 @@ class Attack:
   # True when select_stages picks which stages run on which points.
   selects_stages = False
 
-  def select_stages(self, predict, x, y, eps, num_stages):
+  def select_stages(self, predict, x, y, eps, num_stages, state=None):
     """bool [B, num_stages]: stage s runs only on the points marked in column s. Evaluated once,
-    on the points still robust when the attack starts."""
+    on the points still robust when the attack starts (a continuation's: with each point's
+    `state`, as its run_stage gets it)."""
     raise NotImplementedError
 
   def run_stage(self, predict, x, y, eps, seeds, stage):

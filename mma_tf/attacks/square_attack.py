@@ -334,10 +334,12 @@ def _accept(x, x_new, m_new, x_best, m_best, active, queries):
   return x_best, m_best, active & (m_best > 0), queries
 
 
-class SquareState(collections.namedtuple('SquareState', 'x_best margin queries')):
+class SquareState(collections.namedtuple('SquareState', 'x_best margin queries start_margin',
+                                         defaults=(None,))):
   """Where a Square run stands, per example: its best point [B, H, W, C], that point's margin
-  [B] (float32, minimised) and the queries charged so far [B] (int32). An example is still
-  searching while it was attacked (queries > 0) and its margin is > 0."""
+  [B] (float32, minimised), the queries charged so far [B] (int32) and the margin at the initial
+  point [B] (how far the search has come: the fast protocol's continuation rule reads it). An
+  example is still searching while it was attacked (queries > 0) and its margin is > 0."""
 
 
 def square_search(predict, x, y, eps, *, norm='Linf', n_queries=5000, p_init=0.8, seed=0,
@@ -364,6 +366,7 @@ def square_search(predict, x, y, eps, *, norm='Linf', n_queries=5000, p_init=0.8
   if resume is None:
     done = 0
     x_best, m_best, active, queries = _start(predict, x, y, eps, keys, is_l2, clip_min, clip_max)
+    start_margin = m_best
   else:
     done, state = resume
     done = check_count(done, 'resume iterations')
@@ -375,6 +378,8 @@ def square_search(predict, x, y, eps, *, norm='Linf', n_queries=5000, p_init=0.8
     m_best = tf.cast(state.margin, tf.float32)
     queries = tf.cast(state.queries, tf.int32)
     active = (queries > 0) & (m_best > 0)
+    start_margin = m_best if state.start_margin is None else tf.cast(state.start_margin,
+                                                                     tf.float32)
   schedule = _schedule(p_init, height, width, norm, channels, x.dtype)
   propose = _l2_proposal if is_l2 else _linf_proposal
 
@@ -388,7 +393,7 @@ def square_search(predict, x, y, eps, *, norm='Linf', n_queries=5000, p_init=0.8
       lambda i, _x, _m, active, _q: (i < n_queries) & tf.reduce_any(active), body,
       (tf.constant(done), x_best, m_best, active, queries),
       maximum_iterations=n_queries - done)
-  return SquareState(x_best, m_best, queries)
+  return SquareState(x_best, m_best, queries, start_margin)
 
 
 def square_outcome(predict, x, y, state):

@@ -128,8 +128,10 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
     if attack.selects_stages and robust.any():
       todo = np.nonzero(robust)[0]
       key = attack.cache_key()
-      chosen[todo] = runner.map(key and ('select', key), lambda x, y, e, attack=attack: (
-          attack.select_stages(predict, x, y, e, num_stages),), [images, labels, eps_vec], todo)[0]
+      select = lambda x, y, e, *point_state, attack=attack: (attack.select_stages(
+          predict, x, y, e, num_stages, *([point_state] if point_state else [])),)
+      chosen[todo] = runner.map(key and ('select', key), select,
+                                [images, labels, eps_vec] + list(state or ()), todo)[0]
     new_state = None
     for stage in range(num_stages):
       todo = np.nonzero(robust & chosen[:, stage])[0]
