@@ -185,7 +185,8 @@ def test_settings_are_trainconfig_fields_checked_in_python_terms(data8):
   every_field = set().union(*(configs.TrainConfig(settings=settings()).fields()
                                for settings in configs.OBJECTIVE_SETTINGS.values()))
   assert set(keras_lib.SETTINGS) | set(keras_lib._KERAS_OWNS) == every_field
-  assert keras_lib.SETTINGS['trades_beta'] == configs.TradesSettings.trades_beta  # every objective's
+  # Every objective's settings.
+  assert keras_lib.SETTINGS['trades_beta'] == configs.TradesSettings.trades_beta
   base = models.small_cnn((8, 8, 1), 10)
   model = keras_lib.AdversarialModel(base, objective='omma')
   assert model.config.clean_loss_coeff == 0  # the OMMA rule of the CLI

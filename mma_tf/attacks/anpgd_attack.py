@@ -1,8 +1,9 @@
 """AN-PGD (adaptive-norm PGD): the shortest successful perturbation along a PGD direction.
 
-`anpgd` is the training variant (`anpgd.py::ANPGD` of the released MMA code, docs/paper_notes.md 2.1) and
-`anpgd_test` the validation variant (`ANPGDForTest`, docs/paper_notes.md 2.5). Both work on the whole batch
-with per-example radii, so shapes stay static; a mask selects the examples to attack.
+`anpgd` is the training variant (`anpgd.py::ANPGD` of the released MMA code, docs/paper_notes.md
+2.1) and `anpgd_test` the validation variant (`ANPGDForTest`, docs/paper_notes.md 2.5). Both work
+on the whole batch with per-example radii, so shapes stay static; a mask selects the examples to
+attack.
 """
 import numpy as np
 import tensorflow as tf
@@ -40,7 +41,8 @@ def bisection_search(margin_fn, x, u, first_scale, first_margin, maxeps, num_ste
   for _ in range(num_steps):  # 10 steps, unrolled: no loop overhead around single forwards
     lower, upper = update(lower, upper, scale, margin)
     scale = (lower + upper) / 2
-    margin = margin_fn(tf.clip_by_value(x + norms_lib.per_example(scale, x) * u, clip_min, clip_max))
+    margin = margin_fn(tf.clip_by_value(x + norms_lib.per_example(scale, x) * u, clip_min,
+                                        clip_max))
   if use_last_margin:
     lower, upper = update(lower, upper, scale, margin)
     scale = upper
@@ -108,9 +110,9 @@ def anpgd_test(predict, x, y, *, test_eps, maxeps, norm='Linf', nb_iter=40, test
 
   PGD runs at `test_eps` with step `test_eps_iter` (default 2.5*test_eps/nb_iter) and the SLM loss.
   released_quirks=True reproduces the released search: the margin measured at test_eps is
-  attributed to the scale 0.5*maxeps for the first bracket update (docs/paper_notes.md 2.5) and the returned
-  scale is the last midpoint. False attributes it to test_eps and returns the smallest scale known
-  to succeed. Returns (x_at_eps_hat clipped to the box, eps_hat [B]).
+  attributed to the scale 0.5*maxeps for the first bracket update (docs/paper_notes.md 2.5) and
+  the returned scale is the last midpoint. False attributes it to test_eps and returns the smallest
+  scale known to succeed. Returns (x_at_eps_hat clipped to the box, eps_hat [B]).
   """
   _check_search_args(maxeps, num_search_steps)
   check_attack_inputs(x, y, test_eps, clip_min, clip_max, name='test_eps')
