@@ -260,7 +260,7 @@ class Trainer:
       failed = re.search(r'assertion failed: \[(.*?)\]', e.message)
       if not failed:
         raise
-      # The data pipeline's checks (data.py train_dataset).
+      # The data pipeline's checks (data/pipelines.py, train_dataset).
       raise ValueError(f'Bad training data in steps {step + 1}-{step + n}: {failed.group(1)}. '
                        'Nothing was saved after the last checkpoint.') from e
     except tf.errors.OutOfRangeError as e:
