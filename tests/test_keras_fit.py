@@ -254,6 +254,9 @@ def test_weights_files_keras_files_and_exports(data8, warm_weights, tmp_path):
   restored.load_weights(path)
   for a, b in zip(_state(model), _state(restored), strict=True):
     np.testing.assert_array_equal(a, b)
+  # The optimizer's state too (iterations, momentum): compile() built it, so Keras loaded it.
+  for a, b in zip(model.optimizer.variables, restored.optimizer.variables, strict=True):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
 
   keras.saving.save_model(model, str(tmp_path / 'model.keras'))
   loaded = keras.saving.load_model(str(tmp_path / 'model.keras'))

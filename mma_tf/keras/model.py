@@ -147,6 +147,11 @@ class AdversarialModel(keras.Model):
       raise ValueError('The model computes in float16, which needs loss scaling: leave '
                        'compile(auto_scale_loss=True) or pass a '
                        'keras.optimizers.LossScaleOptimizer.')
+    if self.built and not self.optimizer.built:
+      # Now, not at the first fit(): weights loaded before it (load_weights, load_model) then
+      # restore the optimizer's state too, instead of Keras skipping it with a warning.
+      with self.distribute_strategy.scope():
+        self.optimizer.build(self.trainable_variables)
     self._replica_step = None  # built for this optimizer on first use
 
   def get_compile_config(self):
@@ -156,10 +161,9 @@ class AdversarialModel(keras.Model):
     return config
 
   def compile_from_config(self, config):
-    """keras.saving.load_model compiles the loaded wrapper as it was (optimizer state too)."""
+    """keras.saving.load_model compiles the loaded wrapper as it was (compile() builds the
+    optimizer, so its state loads too)."""
     self.compile(**keras.saving.deserialize_keras_object(config))
-    if self.built:
-      self.optimizer.build(self.trainable_variables)
 
   @property
   def metrics(self):
