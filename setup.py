@@ -9,7 +9,8 @@ with open('mma_tf/__init__.py') as f:
 setup(
     name='mma_tf',
     version=VERSION,
-    description='Max-Margin Adversarial (MMA) training for TensorFlow / Keras (Ding et al., ICLR 2020)',
+    description=('Max-Margin Adversarial (MMA) training for TensorFlow / Keras '
+                 '(Ding et al., ICLR 2020)'),
     long_description=open('README.md').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mma_tf', 'mma_tf.*']),
@@ -34,7 +35,8 @@ setup(
         'gpu': ['tensorflow[and-cuda]>=2.16'],
         'plots': ['matplotlib'],  # PNG plots of mma-evaluate's report and docs/study
         # pytest-xdist: the README's test command runs two worker processes (-n 2), BUILD.md.
-        'test': ['pytest', 'pytest-xdist', 'matplotlib'],
+        # ruff: the linter .ci/run runs (ruff.toml), pinned so that CI's verdict does not move.
+        'test': ['pytest', 'pytest-xdist', 'matplotlib', 'ruff==0.17.6'],
     },
     entry_points={'console_scripts': ['mma-train = mma_tf.cli.train:run',
                                       'mma-evaluate = mma_tf.cli.evaluate:run']},

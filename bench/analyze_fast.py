@@ -26,9 +26,10 @@ import tensorflow as tf  # noqa: E402
 
 from mma_tf import data as data_lib  # noqa: E402
 from mma_tf import export  # noqa: E402
-from mma_tf.attacks import apgd, fab, square  # noqa: E402
+from mma_tf.attacks import get_attack, square  # noqa: E402
 from mma_tf.attacks.malt import malt_order, probe, logit_order  # noqa: E402
 from mma_tf.evaluation.common import is_correct, stream_example_seeds  # noqa: E402
+from mma_tf.evaluation.runner import run_stage  # noqa: E402
 
 flags.DEFINE_string('saved_model', None, 'SavedModel to analyse.')
 flags.DEFINE_string('dataset', 'mnist_5k', 'Dataset (as mma-evaluate).')
@@ -78,8 +79,8 @@ def main(_):
   tally = Tally(predict)
   totals = {}
 
-  def run(name, attack, points, stream, stage):
-    """attack(x, y, eps, seeds) -> (x_adv, success[, extra]) on `points`, by chunks;
+  def run(name, attack, points):
+    """attack(x, y, eps, index) -> (x_adv, success[, extra]) on `points`, by chunks;
     returns success [len(points)] and the extra output; books passes under `name`."""
     fn = tf.function(attack, reduce_retracing=True)
     before = (tally.passes.numpy(), tally.wasted.numpy())
@@ -88,8 +89,8 @@ def main(_):
     for lo in range(0, len(points), bs):
       p = points[lo:lo + bs]
       tally.start(y[p])
-      seeds = stream_example_seeds(seed, stream, index[p], stage)
-      out = fn(tf.constant(x[p]), tf.constant(y[p]), tf.fill([len(p)], eps), seeds)
+      out = fn(tf.constant(x[p]), tf.constant(y[p]), tf.fill([len(p)], eps),
+               tf.constant(index[p]))
       outs.append([np.asarray(o) for o in out[1:]])
     t = totals.setdefault(name, [0, 0, 0.0])
     t[0] += tally.passes.numpy() - before[0]
@@ -97,27 +98,32 @@ def main(_):
     t[2] += time.perf_counter() - start
     return [np.concatenate(o) for o in zip(*outs)]
 
+  def stage(name, s):
+    """Stage s of the registered attack `name`, seeded as the evaluator seeds it."""
+    attack = get_attack(name, norm)
+    return lambda a, b, e, i: run_stage(attack, tally, a, b, e, seed, i, s)
+
   clean = is_correct(predict(tf.constant(x)), y).numpy()
   todo = np.flatnonzero(clean)
   if FLAGS.points:
     todo = np.intersect1d(todo, [int(p) for p in FLAGS.points])
-  ce, = run('apgd-ce', lambda a, b, e, s: apgd(tally, a, b, e, norm=norm, loss='ce', seed=s),
-            todo, 'apgd-ce', 0)
+  ce, = run('apgd-ce', stage('apgd-ce', 0), todo)
   left = todo[~ce]
   print(f'{FLAGS.saved_model}: {len(y)} points, {norm} eps {eps:g}; clean {clean.sum()}, '
         f'robust after APGD-CE {len(left)}')
 
-  ranks = range(2, min(11, predict(tf.constant(x[:1])).shape[-1] + 1))
-  # AutoAttack's own APGD-T runs, one per logit rank: the fast protocol reruns exactly these
-  # (same seeds) for the classes its order puts first, so a point AutoAttack's APGD-T breaks is
-  # broken by fast's with k targets iff one of its breaking classes is in the order's top k.
-  by_logit = np.stack([run('apgd-t', lambda a, b, e, s, r=r: apgd(
-      tally, a, b, e, norm=norm, loss='dlr_targeted', target_rank=r, seed=s), left, 'apgd-t',
-      r - 2)[0] for r in ranks], 1)
-  by_fab = np.stack([run('fab-t', lambda a, b, e, s, r=r: fab(
-      tally, a, b, e, norm=norm, target_rank=r)[:2], left, 'fab-t', r - 2)[0] for r in ranks], 1)
-  sq, queries = run('square', lambda a, b, e, s: square(tally, a, b, e, norm=norm, seed=s),
-                    left, 'square', 0)
+  num_classes = predict(tf.constant(x[:1])).shape[-1]
+  # AutoAttack's own APGD-T runs, one per stage (the target of clean-logit rank stage + 2): the
+  # fast protocol reruns exactly these (same seeds) for the classes its order puts first, so a
+  # point AutoAttack's APGD-T breaks is broken by fast's with k targets iff one of its breaking
+  # classes is in the order's top k.
+  stages = range(get_attack('apgd-t', norm).num_stages(num_classes))
+  by_logit = np.stack([run('apgd-t', stage('apgd-t', s), left)[0] for s in stages], 1)
+  by_fab = np.stack([run('fab-t', stage('fab-t', s), left)[0] for s in stages], 1)
+  # Square's own call: it also returns the query at which each point broke.
+  square_stream = get_attack('square', norm).stream
+  sq, queries = run('square', lambda a, b, e, i: square(
+      tally, a, b, e, norm=norm, seed=stream_example_seeds(seed, square_stream, i, 0)), left)
 
   xl, yl = tf.constant(x[left]), y[left]
   at_probe = probe(predict, xl, yl, eps, norm)
@@ -125,7 +131,7 @@ def main(_):
             'logit@probe': logit_order(predict(at_probe), yl),
             'malt@probe': malt_order(predict, at_probe, yl, norm)}
   orders = {o: v.numpy()[:, :-1] for o, v in orders.items()}  # the label last: drop it
-  breaking = [set(orders['logit'][i, :len(ranks)][by_logit[i]]) for i in range(len(left))]
+  breaking = [set(orders['logit'][i, :len(stages)][by_logit[i]]) for i in range(len(left))]
   position = {o: np.array([min([int(np.flatnonzero(v[i] == c)[0]) + 1 for c in breaking[i]],
                                default=0) for i in range(len(left))]) for o, v in orders.items()}
   apgd_t = by_logit.any(1)

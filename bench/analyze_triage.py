@@ -22,8 +22,8 @@ import tensorflow as tf  # noqa: E402
 
 from mma_tf import data as data_lib  # noqa: E402
 from mma_tf import export  # noqa: E402
-from mma_tf.attacks import apgd  # noqa: E402
-from mma_tf.evaluation.common import stream_example_seeds  # noqa: E402
+from mma_tf.attacks import get_attack  # noqa: E402
+from mma_tf.evaluation.runner import run_stage  # noqa: E402
 
 flags.DEFINE_string('saved_model', None, 'The SavedModel.')
 flags.DEFINE_string('report', None, 'Its autoattack report directory.')
@@ -54,13 +54,13 @@ def main(_):
   predict, _ = export.load_classifier(FLAGS.saved_model)
   x, y, index = data_lib.load(FLAGS.dataset).eval_split('test', limit=n)
   survivors = np.flatnonzero(per_example['clean_correct'] & (broken_by != 0))
-  fn = tf.function(lambda a, b, s: apgd(predict, a, b, FLAGS.eps, norm=FLAGS.norm, loss='ce',
-                                        seed=s)[0])
+  # AutoAttack's APGD-CE as the evaluator (seed 0, mma-evaluate's default) ran it.
+  apgd_ce = get_attack('apgd-ce', FLAGS.norm)
+  fn = tf.function(lambda a, b, i: run_stage(apgd_ce, predict, a, b, FLAGS.eps, 0, i, 0)[0])
   g = []
   for lo in range(0, len(survivors), FLAGS.batch_size):
     p = survivors[lo:lo + FLAGS.batch_size]
-    x_adv = fn(tf.constant(x[p]), tf.constant(y[p]), stream_example_seeds(0, 'apgd-ce', index[p],
-                                                                          0))
+    x_adv = fn(tf.constant(x[p]), tf.constant(y[p]), tf.constant(index[p]))
     g.append(gaps(predict(x_adv).numpy(), y[p]))
   g = np.concatenate(g)
   if (g <= 0).any():

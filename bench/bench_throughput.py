@@ -37,10 +37,10 @@ def cpu_description():
       info = f.read()
   except OSError:
     return platform.processor() or 'unknown CPU'
-  model = next((l.split(':', 1)[1].strip() for l in info.splitlines()
-                if l.startswith('model name')), 'unknown CPU')
-  flag_set = set(next((l.split(':', 1)[1].split() for l in info.splitlines()
-                       if l.startswith('flags')), []))
+  model = next((line.split(':', 1)[1].strip() for line in info.splitlines()
+                if line.startswith('model name')), 'unknown CPU')
+  flag_set = set(next((line.split(':', 1)[1].split() for line in info.splitlines()
+                       if line.startswith('flags')), []))
   wanted = [f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in flag_set]
   return f'{model} ({", ".join(wanted) or "no AVX2"}); {os.cpu_count()} cores'
 

@@ -145,13 +145,14 @@ class NoSettings:
 
 
 @dataclasses.dataclass
-class StandardSettings:
-  training_attack = False  # --perturbation_memory needs one
+class StandardSettings(NoSettings):
+  """Standard training's settings: none (it trains on clean images, at no attack)."""
 
 
 @dataclasses.dataclass
 class AttackSettings:
-  """An objective that trains at an attack of PGD steps."""
+  """An objective that trains at an attack of PGD steps. Its settings deriving from this class are
+  what says that an objective has a training attack (`has_training_attack`)."""
   eps_iter_scale: float = setting(
       2.5, 'Training attack step = eps_iter_scale * eps / nb_iter (MMA, OMMA, PGD-AT, TRADES; '
       'default 2.5, or 0.5 * nb_iter with --perturbation_memory).',
@@ -229,6 +230,13 @@ class TradesSettings(PGDSettings):
     super().check(config)
     if self.trades_beta < 0:
       raise ValueError(f'--trades_beta must be >= 0; got {self.trades_beta}.')
+
+
+def has_training_attack(settings):
+  """Whether the objective with these settings (a dataclass or an instance) trains at an attack:
+  the one place that says it. Such an objective's step size is eps_iter_scale, and its call takes
+  `warm_start` for --perturbation_memory (mma_tf.objectives)."""
+  return issubclass(settings if isinstance(settings, type) else type(settings), AttackSettings)
 
 
 # Objective name -> its settings dataclass: the part of the objective registry
@@ -361,7 +369,7 @@ class TrainConfig:
          f'--lr_boundaries must be increasing steps >= 1; got {list(self.lr_boundaries)}.')
     need(self.perturbation_memory_bits in (16, 32),
          f'--perturbation_memory_bits must be 16 or 32; got {self.perturbation_memory_bits}.')
-    need(not self.perturbation_memory or getattr(self.settings, 'training_attack', True),
+    need(not self.perturbation_memory or has_training_attack(self.settings),
          '--perturbation_memory stores the training attack\'s perturbation, and '
          f'--objective={self.objective} has no training attack; drop the flag.')
     need(self.perturbation_memory_limit_mb >= 1,
@@ -548,7 +556,7 @@ def build(fields, overrides: Optional[dict] = None):
   settings = OBJECTIVE_SETTINGS.get(fields.get('objective', TrainConfig.objective), NoSettings)
   fields = {k: v for k, v in fields.items()
             if k in overrides or k in settings.__dataclass_fields__ or not setting_owners(k)[0]}
-  if (fields.get('perturbation_memory') and 'eps_iter_scale' in settings.__dataclass_fields__
+  if (fields.get('perturbation_memory') and has_training_attack(settings)
       and 'eps_iter_scale' not in overrides):
     # Warm starts want small steps: 0.5 eps per iteration measured best (docs/RESULTS.md,
     # "Cheaper robustness"); the released 2.5 eps / nb_iter throws the stored start away.

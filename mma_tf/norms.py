@@ -213,7 +213,8 @@ class L2Norm:
   def random_init(cls, x, eps, seeds, clip_min, clip_max):
     """advertorch's L2 start: a uniform image u in the box, delta = u - x shrunk to the eps-ball.
 
-    This is not uniform in the ball: it almost always starts on the sphere (docs/paper_notes.md 2.2).
+    This is not uniform in the ball: it almost always starts on the sphere
+    (docs/paper_notes.md 2.2).
     """
     u = uniform_per_example(seeds, x, clip_min, clip_max)
     return _clip_to_box(x, cls._shrink_to_ball(u - x, eps), clip_min, clip_max)

@@ -48,7 +48,7 @@ class Task:
                        f'holds out {self.data.num_validation}; build the source with the same.')
     objective = objective or objectives_lib.build_objective(config)
     if config.perturbation_memory:
-      if not objective.supports_perturbation_memory:
+      if not objective.has_training_attack:
         raise ValueError(f'--perturbation_memory stores the training attack\'s perturbation, '
                          f'and the objective {objective.name!r} has no training attack that '
                          'can start from one; drop the flag.')

@@ -85,6 +85,24 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
+class PeerWorkerLostError(RuntimeError):
+  """A worker of a multi-worker run is gone (killed, crashed, unreachable): a collective across
+  the workers failed, and this worker stopped too. The message says from which step a re-run of
+  every worker resumes."""
+
+
+# How TF's collectives fail when a peer worker goes away (gRPC unavailable, aborted collective).
+_PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.AbortedError,
+                  tf.errors.DeadlineExceededError)
+
+
+def _num_workers(strategy):
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None:
+    return 1
+  return sum(len(tasks) for tasks in resolver.cluster_spec().as_dict().values()) or 1
+
+
 class Trainer:
   """Runs a `Task` for `config` in `model_dir`: `train()` trains, validates, checkpoints, exports.
 
@@ -136,14 +154,36 @@ class Trainer:
     return self.task.validate(split)
 
   def restore(self):
-    """Restores the chief's latest checkpoint, if any; returns the step restored (0 for a new run)."""
+    """Restores the chief's latest checkpoint, if any; returns the step restored (0: a new run)."""
     return int(self.task.step.numpy()) if self.checkpoints.restore() else 0
 
   def train(self):
     """Trains to `train_steps`, validating and checkpointing every epoch; exports the best model
     (actions.selection says which). Returns a summary dict (final step, best validation value and
     its step, last validation, seconds of this call and the part of them in training steps, wall
-    and process CPU)."""
+    and process CPU). Raises PeerWorkerLostError when another worker of the run is gone."""
+    try:
+      return self._train()
+    except _PEER_FAILURES as e:
+      workers = _num_workers(self.strategy)
+      if workers < 2:
+        raise
+      raise PeerWorkerLostError(self._peer_lost_message(e, workers)) from e
+
+  def _peer_lost_message(self, error, workers):
+    latest = self.checkpoints.latest()
+    resume = (f'step {latest.rsplit("-", 1)[-1]}, its last checkpoint ({latest})' if latest
+              else 'step 0 (no checkpoint was saved yet)')
+    # TF's message starts with 'Graph execution error:'; the line naming the cause is further in.
+    lines = [line.strip() for line in str(error.message).splitlines() if line.strip()]
+    cause = next((line for line in lines if 'aborted by' in line or 'peer' in line.lower()),
+                 lines[0] if lines else 'no message')
+    return (f'A peer worker is gone: a collective operation across the {workers} workers failed '
+            f'({type(error).__name__}: {cause[:200]}), so this worker stopped too. Re-run every '
+            'worker with the same command (the same flags and TF_CONFIG on each host); training '
+            f'resumes from {resume}.')
+
+  def _train(self):
     config = self.config
     start = step = self.restore()
     if start:
@@ -157,7 +197,8 @@ class Trainer:
       epoch_end = min((epoch + 1) * self.steps_per_epoch, config.train_steps)
       step = self._train_epoch(epoch, start_batch, step, epoch_end, summaries)
       last_val, note = self.selection.validate(step)
-      epoch = (step + self.steps_per_epoch - 1) // self.steps_per_epoch  # the one step ends or is in
+      # The epoch that `step` ends or is in.
+      epoch = (step + self.steps_per_epoch - 1) // self.steps_per_epoch
       summaries.validation(step, epoch, last_val, note)
       self.checkpoints.save(step)
     best_value, best_step, final_checkpoint, last_val = self.selection.final_choice(step,
@@ -219,7 +260,7 @@ class Trainer:
       failed = re.search(r'assertion failed: \[(.*?)\]', e.message)
       if not failed:
         raise
-      # The data pipeline's checks (data.py train_dataset).
+      # The data pipeline's checks (data/pipelines.py, train_dataset).
       raise ValueError(f'Bad training data in steps {step + 1}-{step + n}: {failed.group(1)}. '
                        'Nothing was saved after the last checkpoint.') from e
     except tf.errors.OutOfRangeError as e:

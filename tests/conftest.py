@@ -7,7 +7,13 @@ import mma_tf  # noqa: E402,F401  before TF, so tests get the CPU kernels users 
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+
+from mma_tf.cli import common  # noqa: E402
+
+# As the CLIs import it: TF's C++ start-up notes (oneDNN, CPU features) dropped. They bypass
+# TF_CPP_MIN_LOG_LEVEL, and pytest holds what is printed outside tests and writes it after the
+# summary, so every xdist worker's notes ended the run.
+tf = common.import_tensorflow()
 
 _cpus = tf.config.list_physical_devices('CPU')
 try:
@@ -20,6 +26,11 @@ except RuntimeError:  # devices already initialised by another import; replica t
 def pytest_configure(config):
   config.addinivalue_line('markers', 'slow: long-running tests: the study replay, worker '
                           'processes, the example (run with --runslow; CI does)')
+  # Keras 3.15's Variable.__array__ takes no `copy` argument, which NumPy 2 asks for whenever
+  # Keras saves weights (keras/src/backend/common/variables.py; a plain Keras model's
+  # save_weights warns alike): Keras' to fix, not ours. Only that Keras call site is silenced.
+  config.addinivalue_line('filterwarnings', "ignore:__array__ implementation doesn't accept a copy "
+                          r'keyword:DeprecationWarning:keras\.src\.backend\.tensorflow\.core')
 
 
 def pytest_addoption(parser):

@@ -14,33 +14,38 @@ class LinearProblem:
   For num_classes > 2, classes 2.. have bias -40, so the competitor of every example is class 0
   or 1 and the soft logit margin equals the logit margin to ~1e-17 (SLM boundary = LM boundary).
   Examples are kept only if the optimal perturbation up to 1.1 x margin stays inside [0, 1], so the
-  box never interferes with the analytic value.
+  box never interferes with the analytic value. `nearest`: the class across the nearest boundary.
   """
 
   def __init__(self, norm, num_classes=2, batch=16, seed=0, max_margin=0.3):
     rng = np.random.RandomState(seed)
     self.w = rng.randn(DIM, num_classes).astype(np.float32) * 0.5
-    self.b = np.zeros(num_classes, np.float32)
-    self.b[2:] = -40.0
-    xs, ys, margins = [], [], []
+    self.b = self._biases(rng, num_classes)
+    xs, ys, margins, nearest = [], [], [], []
     while len(xs) < batch:
       x = rng.uniform(0.3, 0.7, DIM).astype(np.float32)
       z = x @ self.w + self.b
       y = int(np.argmax(z))
       diffs = self.w - self.w[:, [y]]  # column j: w_j - w_y, the ascent direction toward j
-      dual = np.abs(diffs).sum(0) if norm == 'Linf' else np.linalg.norm(diffs, axis=0)
       with np.errstate(divide='ignore', invalid='ignore'):
-        m = np.where(np.arange(num_classes) == y, np.inf, (z[y] - z) / dual)
+        m = np.where(np.arange(num_classes) == y, np.inf, (z[y] - z) / dual_norm(diffs, norm))
       j = int(np.argmin(m))
       d = diffs[:, j]
       direction = np.sign(d) if norm == 'Linf' else d / np.linalg.norm(d)
       x_far = x + 1.1 * m[j] * direction
       if 0.01 < m[j] < max_margin and x_far.min() > 0 and x_far.max() < 1:
-        xs.append(x), ys.append(y), margins.append(m[j])
+        xs.append(x), ys.append(y), margins.append(m[j]), nearest.append(j)
     self.x = np.stack(xs).reshape((batch,) + IMAGE_SHAPE)
     self.y = np.array(ys, np.int32)
     self.margin = np.array(margins, np.float32)
+    self.nearest = np.array(nearest, np.int32)
     self.w_t, self.b_t = tf.constant(self.w), tf.constant(self.b)
+
+  @staticmethod
+  def _biases(rng, num_classes):
+    b = np.zeros(num_classes, np.float32)
+    b[2:] = -40.0
+    return b
 
   def predict(self, x):
     return tf.matmul(tf.reshape(x, [tf.shape(x)[0], -1]), self.w_t) + self.b_t
@@ -53,43 +58,19 @@ def dual_norm(v, norm):
   return np.abs(v).sum(0) if norm == 'Linf' else np.linalg.norm(v, axis=0)
 
 
-class MulticlassAffine:
-  """Logits W x + b, every class a competitor: margin = min_j (z_y - z_j) / ||w_y - w_j||_dual.
-
-  Examples are kept only if the step to the nearest boundary, extended by 10%, stays in the box.
-  """
+class MulticlassAffine(LinearProblem):
+  """LinearProblem with random biases: every class a competitor, so the nearest boundary may be
+  that of any class, not always the runner-up's (`nearest_is_runner_up` says where it is)."""
 
   def __init__(self, norm, num_classes=10, batch=12, seed=1):
-    rng = np.random.RandomState(seed)
-    self.w = rng.randn(DIM, num_classes).astype(np.float32) * 0.5
-    self.b = (rng.randn(num_classes) * 0.3).astype(np.float32)
-    xs, ys, margins, nearest = [], [], [], []
-    while len(xs) < batch:
-      x = rng.uniform(0.3, 0.7, DIM).astype(np.float32)
-      z = x @ self.w + self.b
-      y = int(np.argmax(z))
-      diffs = self.w - self.w[:, [y]]
-      with np.errstate(divide='ignore', invalid='ignore'):
-        m = np.where(np.arange(num_classes) == y, np.inf, (z[y] - z) / dual_norm(diffs, norm))
-      j = int(np.argmin(m))
-      d = diffs[:, j]
-      direction = np.sign(d) if norm == 'Linf' else d / np.linalg.norm(d)
-      x_far = x + 1.1 * m[j] * direction
-      if 0.01 < m[j] < 0.3 and x_far.min() > 0 and x_far.max() < 1:
-        xs.append(x), ys.append(y), margins.append(m[j]), nearest.append(j)
-    self.x = np.stack(xs).reshape((batch,) + IMAGE_SHAPE)
-    self.y = np.array(ys, np.int32)
-    self.margin = np.array(margins, np.float32)
-    self.nearest = np.array(nearest, np.int32)  # the class across the nearest boundary
+    super().__init__(norm, num_classes, batch, seed)
     z = self.x.reshape(batch, -1) @ self.w + self.b
-    rank_of_nearest = (z > z[np.arange(batch), nearest][:, None]).sum(1) + 1
+    rank_of_nearest = (z > z[np.arange(batch), self.nearest][:, None]).sum(1) + 1
     self.nearest_is_runner_up = rank_of_nearest == 2
 
-  def predict(self, x):
-    return tf.matmul(tf.reshape(x, [tf.shape(x)[0], -1]), self.w) + self.b
-
-  def is_correct(self, x):
-    return np.argmax(self.predict(tf.convert_to_tensor(x)).numpy(), 1) == self.y
+  @staticmethod
+  def _biases(rng, num_classes):
+    return (rng.randn(num_classes) * 0.3).astype(np.float32)
 
 
 def radii_between(margins, count=3):

@@ -31,7 +31,7 @@ def _bn_config(**overrides):
 
 
 def _bn_layers(model):
-  return [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+  return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 @pytest.fixture(scope='module')
@@ -84,7 +84,7 @@ def test_sync_batchnorm_one_and_two_replicas_take_the_same_step(data8, tmp_path,
   one, out_one = run('one', None, sync_batchnorm=True)
   two, out_two = run('two', two_cpu_strategy, sync_batchnorm=True)
   assert two.strategy.num_replicas_in_sync == 2
-  assert all(l.synchronized for l in _bn_layers(two.task.model))
+  assert all(layer.synchronized for layer in _bn_layers(two.task.model))
   for a, b in zip(out_one, out_two):
     np.testing.assert_allclose(float(a['total_loss']), float(b['total_loss']), rtol=1e-5)
     np.testing.assert_allclose(np.sort(a['eps']), np.sort(b['eps']), atol=1e-5)

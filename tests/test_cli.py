@@ -205,6 +205,25 @@ def test_bad_flags_exit_2_with_one_clear_line_before_tensorflow(flags, message, 
   assert 'Traceback' not in result.stderr and 'blocked' not in result.stderr
 
 
+@pytest.mark.parametrize('protocol, message', [
+    ('autoatack', "Unknown protocol 'autoatack'; choose from autoattack, paper, fast, rand, all"),
+    ('autoattack,quick', "Unknown protocol 'quick'"),
+    ('fast,fast', "Protocol 'fast,fast' names one twice"),
+])
+def test_evaluate_refuses_a_bad_protocol_before_tensorflow(protocol, message, tmp_path):
+  # As for mma-train's flags: TF cannot be imported in the child, so a check that needed it
+  # would end in the missing-TensorFlow error instead of the protocol's.
+  result = subprocess.run([sys.executable, '-m', 'mma_tf.cli.evaluate',
+                           f'--saved_model={tmp_path / "model"}', f'--protocol={protocol}',
+                           f'--output_dir={tmp_path / "report"}'],
+                          capture_output=True, text=True, timeout=120,
+                          env=_env(block_tensorflow=tmp_path / 'block'))
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.startswith('error: ') and message in result.stderr, result.stderr
+  assert 'Traceback' not in result.stderr and 'blocked' not in result.stderr
+  assert not (tmp_path / 'report').exists()
+
+
 def test_console_script_and_missing_tensorflow_name_the_pip_command(tmp_path):
   script = shutil.which('mma-train', path=os.path.dirname(sys.executable))
   assert script, 'the mma-train console script is installed next to this Python (pip install -e)'

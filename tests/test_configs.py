@@ -1,5 +1,5 @@
-"""Configuration owned by its parts: each objective's settings dataclass (the registry holds it), the
-flags and refusals derived from the registry, a registered objective's own settings, config.json
+"""Configuration owned by its parts: each objective's settings dataclass (the registry holds it),
+the flags and refusals derived from the registry, a registered objective's own settings, config.json
 written nested, and run directories of the flat format still resuming."""
 import dataclasses
 import json

@@ -142,11 +142,11 @@ def test_lenet5_madry_architecture():
 
 def test_wide_resnet_28_4_architecture():
   model = models.build_model('wrn28_4', (32, 32, 3), 10)
-  convs = [l for l in model.layers if isinstance(l, tf.keras.layers.Layer)
-           and l.__class__.__name__ == 'Conv2D']
+  convs = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.Layer)
+           and layer.__class__.__name__ == 'Conv2D']
   assert all(not c.use_bias for c in convs)
   assert len(convs) == 1 + 12 * 2 + 3  # stem, 12 blocks x 2, three 1x1 shortcuts
-  bns = [l for l in model.layers if l.__class__.__name__ == 'BatchNormalization']
+  bns = [layer for layer in model.layers if layer.__class__.__name__ == 'BatchNormalization']
   assert bns and all(b.epsilon == 1e-5 and b.momentum == 0.9 for b in bns)
   # Hand count: stem 432, groups 270,144 + 1,117,952 + 4,464,128, final BN 1,024, fc 2,570
   # (BN counts gamma, beta and both moving statistics).
@@ -171,7 +171,7 @@ def test_the_config_model_table_matches_the_registry():
   assert set(configs.MODELS) == set(models.MODELS)
   for name, has_bn in configs.MODELS.items():
     model = models.build_model(name, (8, 8, 3) if name.startswith('wrn') else (28, 28, 1), 10)
-    found = any(isinstance(l, keras.layers.BatchNormalization) for l in model.layers)
+    found = any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
     assert found == has_bn, name
 
 

@@ -136,7 +136,8 @@ def _saved_data(model_dir):
 
 def test_resuming_on_other_images_or_labels_is_refused_naming_what_changed(tmp_path):
   x, y = _digits()
-  changed = r'data\.sample_sha256 \(a hash of sampled training images and labels: the data differs\)'
+  changed = (r'data\.sample_sha256 \(a hash of sampled training images and labels: the data '
+             r'differs\)')
   arrays_dir, stream_dir = str(tmp_path / 'arrays'), str(tmp_path / 'stream')
   trainer_lib.Trainer(_config(), arrays_dir, data=data_lib.from_arrays(x, y), log=QUIET)
   with pytest.raises(ValueError, match=changed):

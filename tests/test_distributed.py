@@ -2,9 +2,13 @@
 and a worker's, restart) and XLA-compiled validation on two replicas (REVIEW P6a, P6b)."""
 import json
 import os
+import queue
+import re
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -30,17 +34,18 @@ def _free_ports(n):
   return ports
 
 
-def _launch(args, config=None):
+def _launch(args, config=None, command=(sys.executable, WORKER), stderr=subprocess.STDOUT):
   """Starts the two workers of a loopback cluster (127.0.0.1 only); worker 0 is the chief.
-  `config`: extra configuration fields for both workers (mwms_worker.py's MWMS_CONFIG)."""
+  `config`: extra configuration fields for both workers (mwms_worker.py's MWMS_CONFIG);
+  `command`: what each worker runs, with `args` after it (default: mwms_worker.py)."""
   cluster = {'worker': [f'127.0.0.1:{p}' for p in _free_ports(2)]}
   procs = []
   for task in range(2):
     env = dict(os.environ, PYTHONPATH=ROOT, MWMS_CONFIG=json.dumps(config or {}),
                TF_CONFIG=json.dumps({'cluster': cluster,
                                      'task': {'type': 'worker', 'index': task}}))
-    procs.append(subprocess.Popen([sys.executable, WORKER] + [str(a) for a in args], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    procs.append(subprocess.Popen(list(command) + [str(a) for a in args], env=env,
+                                  stdout=subprocess.PIPE, stderr=stderr, text=True))
   return procs
 
 
@@ -97,6 +102,51 @@ def test_worker_crash_between_saves_restarts_every_worker_from_the_chiefs_step(t
   assert a['weights_sha'] == b['weights_sha']
   np.testing.assert_array_equal(a['eps_memory'], b['eps_memory'])
   assert not any(n.startswith('.worker') for n in os.listdir(run))
+
+
+def _wait_for_line(proc, pattern, timeout):
+  """Reads `proc`'s stdout until a line matches `pattern` (bounded); returns the lines read."""
+  lines = queue.Queue()
+  threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+  seen, deadline = [], time.time() + timeout
+  while time.time() < deadline:
+    try:
+      seen.append(lines.get(timeout=1))
+    except queue.Empty:
+      continue
+    if re.match(pattern, seen[-1]):
+      return seen
+  raise AssertionError(f'no line matching {pattern!r} in {timeout} s: {"".join(seen)[-3000:]}')
+
+
+@pytest.mark.slow  # two worker processes (CI: --runslow)
+def test_a_lost_worker_is_one_plain_error_naming_the_step_to_resume_from(tmp_path):
+  """mma-train --strategy=multi_worker: when a peer worker is killed, the other one stops with a
+  one-line error (what happened, what to do, the step a re-run resumes from: the last checkpoint)
+  and exit status 3, not a traceback of the failed collective."""
+  run = tmp_path / 'run'
+  flags = ['--strategy=multi_worker', '--train_steps=400', '--batch_size=20', '--nb_iter=1',
+           '--num_search_steps=2', '--log_every=2', '--checkpoint_every=4',
+           '--eval_batch_size=250', f'--model_dir={run}']
+  chief, worker = _launch(flags, command=(sys.executable, '-m', 'mma_tf.cli.train'),
+                          stderr=subprocess.PIPE)
+  try:
+    _wait_for_line(chief, r'step 6/400 ', timeout=300)  # the checkpoint of step 4 is saved
+    worker.kill()
+    worker.wait()
+    chief.wait(timeout=120)  # the chief notices, and does not hang
+    stderr = chief.stderr.read()
+  finally:
+    for p in (chief, worker):
+      p.kill()
+      p.wait()
+  assert chief.returncode == 3, stderr[-3000:]
+  assert 'Traceback' not in stderr, stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]
+  assert last.startswith('error: A peer worker is gone'), stderr[-3000:]
+  assert 'Re-run every worker with the same command' in last, last
+  resumes = int(re.search(r'training resumes from step (\d+)', last).group(1))
+  assert resumes >= 4 and tf.train.latest_checkpoint(str(run / 'ckpt')).endswith(f'-{resumes}')
 
 
 @pytest.fixture(scope='module')

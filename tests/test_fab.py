@@ -190,7 +190,8 @@ def test_box_that_binds_keeps_results_inside_and_adversarial(norm):
 
 
 def numpy_fab_run(params, x, y, target, norm, nb_iter, alpha_max=0.1, eta=1.05, beta=0.9):
-  """One FAB run written out in NumPy (docs/autoattack.md 3.3) for a tanh MLP, one example at a time."""
+  """One FAB run written out in NumPy (docs/autoattack.md 3.3) for a tanh MLP, one example at a
+  time."""
   w1, b1, w2, b2 = params
   dist = lambda v: np.abs(v).max() if norm == 'Linf' else np.linalg.norm(v)
   best = np.full(len(y), np.inf)

@@ -185,7 +185,8 @@ def test_settings_are_trainconfig_fields_checked_in_python_terms(data8):
   every_field = set().union(*(configs.TrainConfig(settings=settings()).fields()
                                for settings in configs.OBJECTIVE_SETTINGS.values()))
   assert set(keras_lib.SETTINGS) | set(keras_lib._KERAS_OWNS) == every_field
-  assert keras_lib.SETTINGS['trades_beta'] == configs.TradesSettings.trades_beta  # every objective's
+  # Every objective's settings.
+  assert keras_lib.SETTINGS['trades_beta'] == configs.TradesSettings.trades_beta
   base = models.small_cnn((8, 8, 1), 10)
   model = keras_lib.AdversarialModel(base, objective='omma')
   assert model.config.clean_loss_coeff == 0  # the OMMA rule of the CLI
@@ -253,6 +254,9 @@ def test_weights_files_keras_files_and_exports(data8, warm_weights, tmp_path):
   restored.load_weights(path)
   for a, b in zip(_state(model), _state(restored), strict=True):
     np.testing.assert_array_equal(a, b)
+  # The optimizer's state too (iterations, momentum): compile() built it, so Keras loaded it.
+  for a, b in zip(model.optimizer.variables, restored.optimizer.variables, strict=True):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
 
   keras.saving.save_model(model, str(tmp_path / 'model.keras'))
   loaded = keras.saving.load_model(str(tmp_path / 'model.keras'))

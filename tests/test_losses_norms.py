@@ -73,7 +73,8 @@ def test_projection_order_follows_the_released_code():
                              atol=1e-6)
   # L2 ascent normalises each example's gradient by its own L2 norm (floor 1e-6).
   step = norms.L2Norm.ascend(tf.fill([2, 2], 0.5), tf.zeros([2, 2]),
-                             tf.constant([[3.0, 4.0], [0.0, 0.0]]), [1.0, 1.0], [0.1, 0.1], 0.0, 1.0)
+                             tf.constant([[3.0, 4.0], [0.0, 0.0]]), [1.0, 1.0], [0.1, 0.1], 0.0,
+                             1.0)
   np.testing.assert_allclose(step, [[0.06, 0.08], [0.0, 0.0]], atol=1e-6)
 
 

@@ -76,8 +76,8 @@ ROWS = {
 # 10; the validation monitor keeps the bisection), alone and with each memory row.
 ROWS['faithful-illinois'] = dict(flags=['--search=illinois'], budgets=_BUDGETS)
 for _k in (1, 2, 5):
-  ROWS[f'memory-k{_k}-illinois'] = dict(flags=ROWS[f'memory-k{_k}']['flags'] + ['--search=illinois'],
-                                        budgets=_BUDGETS)
+  ROWS[f'memory-k{_k}-illinois'] = dict(
+      flags=ROWS[f'memory-k{_k}']['flags'] + ['--search=illinois'], budgets=_BUDGETS)
 # 16-bit arithmetic: only where the CPU has native bfloat16 (avx512_bf16 or amx_bf16); where it
 # has not, TF emulates it, which measures the emulation, so the study leaves these rows out.
 BF16 = ['--mixed_precision=mixed_bfloat16']

@@ -69,7 +69,8 @@ def main(out, prefix):
                    f' | {cell([r["step_cpu_seconds"] for r in rs], 1, 0)}'
                    f' | {cell([r["cpu_seconds"] for r in rs], 1, 0)}'
                    f' | {cell([r["clean"] for r in rs])}'
-                   f' | {cell(robust) if robust else "-"} | {cell([r["margin"] for r in rs], 1, 3)} |')
+                   f' | {cell(robust) if robust else "-"}'
+                   f' | {cell([r["margin"] for r in rs], 1, 3)} |')
       summary.setdefault(data, {})[f'{row}@{steps}'] = rs
     lines.append('')
     fig, ax = plt.subplots(figsize=(6, 4))

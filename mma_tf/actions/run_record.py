@@ -14,7 +14,8 @@ CONFIG_FILE = 'config.json'
 
 def open_run(task, model_dir, is_chief, log):
   """Checks that model_dir is writable and, if it holds a run, that it is this one; then writes
-  config.json (the chief). The task's data may be switched to the run's recorded validation split."""
+  config.json (the chief). The task's data may be switched to the run's recorded validation
+  split."""
   try:
     os.makedirs(model_dir, exist_ok=True)
     probe = tempfile.NamedTemporaryFile(dir=model_dir, delete=True)

@@ -15,3 +15,7 @@ from mma_tf.attacks.square_attack import square
 from mma_tf.attacks.registry import ATTACKS, Attack, get_attack, register
 # Registers the built-in attacks, so `get_attack` finds them whichever module is imported first.
 from mma_tf.attacks import protocol_attacks  # noqa: F401  pylint: disable=unused-import
+
+__all__ = ['ATTACKS', 'Attack', 'anpgd', 'anpgd_test', 'apgd', 'apgd_checkpoints', 'apgd_targeted',
+           'bisection_search', 'check_attack_inputs', 'example_seeds', 'fab', 'fab_targeted',
+           'get_attack', 'input_gradient', 'pgd', 'register', 'square']

@@ -1,8 +1,9 @@
 """AN-PGD (adaptive-norm PGD): the shortest successful perturbation along a PGD direction.
 
-`anpgd` is the training variant (`anpgd.py::ANPGD` of the released MMA code, docs/paper_notes.md 2.1) and
-`anpgd_test` the validation variant (`ANPGDForTest`, docs/paper_notes.md 2.5). Both work on the whole batch
-with per-example radii, so shapes stay static; a mask selects the examples to attack.
+`anpgd` is the training variant (`anpgd.py::ANPGD` of the released MMA code, docs/paper_notes.md
+2.1) and `anpgd_test` the validation variant (`ANPGDForTest`, docs/paper_notes.md 2.5). Both work
+on the whole batch with per-example radii, so shapes stay static; a mask selects the examples to
+attack.
 
 The search along the PGD direction is the released bisection, or (training, opt-in) `illinois`:
 regula falsi with the Illinois modification, which along a nearly linear margin (a ReLU network's
@@ -45,7 +46,8 @@ def bisection_search(margin_fn, x, u, first_scale, first_margin, maxeps, num_ste
   for _ in range(num_steps):  # 10 steps, unrolled: no loop overhead around single forwards
     lower, upper = update(lower, upper, scale, margin)
     scale = (lower + upper) / 2
-    margin = margin_fn(tf.clip_by_value(x + norms_lib.per_example(scale, x) * u, clip_min, clip_max))
+    margin = margin_fn(tf.clip_by_value(x + norms_lib.per_example(scale, x) * u, clip_min,
+                                        clip_max))
   if use_last_margin:
     lower, upper = update(lower, upper, scale, margin)
     scale = upper
@@ -129,7 +131,8 @@ def illinois_search(margin_fn, x, u, first_scale, first_margin, zero_margin, max
   state = update(state, first_scale, first_margin)
   for _ in range(num_steps):  # unrolled, as the bisection
     scale = next_scale(state)
-    margin = margin_fn(tf.clip_by_value(x + norms_lib.per_example(scale, x) * u, clip_min, clip_max))
+    point = x + norms_lib.per_example(scale, x) * u
+    margin = margin_fn(tf.clip_by_value(point, clip_min, clip_max))
     state = update(state, scale, margin)
   lower, f_lower, _, upper, f_upper, _, before, f_before, bracketed, _ = state
   if use_last_margin:
@@ -216,9 +219,9 @@ def anpgd_test(predict, x, y, *, test_eps, maxeps, norm='Linf', nb_iter=40, test
 
   PGD runs at `test_eps` with step `test_eps_iter` (default 2.5*test_eps/nb_iter) and the SLM loss.
   released_quirks=True reproduces the released search: the margin measured at test_eps is
-  attributed to the scale 0.5*maxeps for the first bracket update (docs/paper_notes.md 2.5) and the returned
-  scale is the last midpoint. False attributes it to test_eps and returns the smallest scale known
-  to succeed. Returns (x_at_eps_hat clipped to the box, eps_hat [B]).
+  attributed to the scale 0.5*maxeps for the first bracket update (docs/paper_notes.md 2.5) and
+  the returned scale is the last midpoint. False attributes it to test_eps and returns the smallest
+  scale known to succeed. Returns (x_at_eps_hat clipped to the box, eps_hat [B]).
   """
   _check_search_args(maxeps, num_search_steps)
   check_attack_inputs(x, y, test_eps, clip_min, clip_max, name='test_eps')

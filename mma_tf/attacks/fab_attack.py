@@ -45,7 +45,8 @@ def _logits(predict, x):
 
 
 def project_onto_hyperplane_in_box(t, w, b, norm='Linf', clip_min=CLIP_MIN, clip_max=CLIP_MAX):
-  """Smallest `norm` step d with <w, t + d> = b and t + d in the box, per row (docs/autoattack.md 3.2).
+  """Smallest `norm` step d with <w, t + d> = b and t + d in the box, per row
+  (docs/autoattack.md 3.2).
 
   t, w: [N, D]; b: [N]. Where the box cannot reach the hyperplane, d goes to the box corner that
   moves <w, .> furthest toward b (FAB still moves toward the boundary). Written as a 1-D problem:

@@ -16,7 +16,8 @@ larger budget from where it stopped (`square_search(resume=...)`): bit for bit t
 Queries are counted as the reference does: the initial point is query 1, then each iteration
 charges 1 to every example still correctly classified at its start, so a robust example uses
 n_queries + 1. Acceptance is also the reference's: a candidate replaces the best point only if its
-margin is strictly lower, or <= 0; an example whose best margin is <= 0 stops (docs/autoattack.md 4.1).
+margin is strictly lower, or <= 0; an example whose best margin is <= 0 stops
+(docs/autoattack.md 4.1).
 
 Departures from the reference code (fra31/auto-attack `square.py`), all deliberate:
 - Per-example draws. The reference draws one window position per iteration for the whole batch

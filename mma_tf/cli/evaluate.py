@@ -22,6 +22,7 @@ from absl import app, flags
 
 from mma_tf import configs
 from mma_tf import data as data_lib
+from mma_tf import protocol_names
 from mma_tf import setting_names
 from mma_tf.cli import common
 
@@ -129,6 +130,7 @@ def main(argv):
                        '--output_dir.')
     if F.num_examples is not None and F.num_examples < 1:
       raise ValueError(f'--num_examples must be >= 1; got {F.num_examples}.')
+    protocol_names.parse(F.protocol)
     eps = common.parse_radii(F.eps, '--eps') if F.eps else None
     data_lib.describe_dataset_name(F.dataset)
     recorded = _recorded_validation(F.saved_model, F.dataset) if F.split == 'validation' else None

@@ -9,7 +9,9 @@ r"""Train a classifier with MMA (default), OMMA, PGD-AT, TRADES or standard trai
 (--dataset, --norm); every flag given overrides it, and a flag that would have no effect in the
 resulting configuration is an error. Radii are fractions of the [0, 1] pixel range for every
 dataset, written as numbers or fractions (8/255). Re-running the same command with the same
---model_dir resumes. Flags are checked before TensorFlow starts.
+--model_dir resumes. Flags are checked before TensorFlow starts. Exit status: 2 for a flag,
+configuration or data error; 3 when another worker of a --strategy=multi_worker run is gone (re-run
+every worker with the same command: training resumes from the last checkpoint).
 """
 import dataclasses
 import os
@@ -23,6 +25,9 @@ from mma_tf import data as data_lib
 from mma_tf.cli import common
 
 F = flags.FLAGS
+# The exit status when another worker of a --strategy=multi_worker run is gone (2: a flag,
+# configuration or data error; 1: anything else).
+PEER_WORKER_LOST = 3
 flags.DEFINE_string('dataset', 'mnist_5k',
                     'mnist_5k: 5,000 real MNIST digits shipped inside the package (no download); '
                     'mnist, cifar10: the paper\'s, through tensorflow-datasets; tfds:NAME: any '
@@ -178,6 +183,9 @@ def main(argv):
     # A ValueError from the data pipeline's checks or a model's contract says what to fix.
     print(f'error: {e}', file=sys.stderr)
     return 2
+  except trainer_lib.PeerWorkerLostError as e:  # not this command's fault: re-run every worker
+    print(f'error: {e}', file=sys.stderr)
+    return PEER_WORKER_LOST
   val = summary['validation']
   print(f'Done: {summary["step"]} steps in {summary["seconds"]:.0f}s. Best validation '
         f'{summary["selection_metric"]} {summary["best_val_value"]:.4f} at step '

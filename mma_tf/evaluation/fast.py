@@ -14,10 +14,9 @@ Standard AutoAttack spends most of its time proving robust points robust (docs/a
   to the full `square_queries` on the remaining points from where it stopped on each
   (`Square.full_queries`, resumed by `run_attacks`): AutoAttack's Square verdict, without
   repeating the short run's queries.
+Its attack list is `protocol_names.FAST`.
 """
 import numpy as np
-
-FAST = ('apgd-ce', 'apgd-t-malt', 'fab-t-malt', 'square')
 
 
 def describe(config):

@@ -16,16 +16,12 @@
 import dataclasses
 import math
 
+from mma_tf import protocol_names
 from mma_tf.attacks.registry import get_attack
-from mma_tf.evaluation.fast import FAST
+# The names and attack lists live where the CLI reads them before TensorFlow starts.
+from mma_tf.protocol_names import AUTOATTACK, PAPER, PROTOCOL_ATTACKS, PROTOCOLS, RAND  # noqa: F401
 from mma_tf.setting_names import setting
 
-AUTOATTACK = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
-RAND = ('apgd-ce', 'apgd-dlr')
-PAPER = ('pgd',)
-PROTOCOL_ATTACKS = {'autoattack': AUTOATTACK, 'rand': RAND, 'paper': PAPER, 'fast': FAST}
-PROTOCOLS = ('autoattack', 'paper', 'fast', 'rand', 'all')
-_ALL = ('autoattack', 'paper', 'fast')  # 'rand' is for random models only
 # The reference's budgets for its standard and rand versions (set_version in autoattack.py).
 STANDARD_BUDGETS = dict(apgd_nb_iter=100, fab_nb_iter=100, n_target_classes=9,
                         square_queries=5000, eot_iter=1)
@@ -144,21 +140,9 @@ class EvalConfig:
     }.get(name, {})
 
   def protocol_names(self):
-    """The protocols to run, in order: 'all' is autoattack, paper and fast; a comma-separated
-    list names some."""
-    if not isinstance(self.protocol, str):
-      raise ValueError(f"protocol must be a string, e.g. 'autoattack' or 'autoattack,fast'; got "
-                       f'{self.protocol!r}.')
-    if self.protocol == 'all':
-      return list(_ALL)
-    names = [p.strip() for p in self.protocol.split(',')]
-    for p in names:
-      if p not in PROTOCOL_ATTACKS:
-        raise ValueError(f'Unknown protocol {p!r}; choose from {", ".join(PROTOCOLS)} or a '
-                         "comma-separated list of them (e.g. 'autoattack,fast').")
-    if len(set(names)) < len(names):
-      raise ValueError(f'Protocol {self.protocol!r} names one twice.')
-    return names
+    """The protocols to run, in order (`protocol_names.parse`: 'all' is autoattack, paper and
+    fast; a comma-separated list names some)."""
+    return protocol_names.parse(self.protocol)
 
   def protocol_attacks(self):
     """{protocol name: [Attack, ...]} in the order they run."""

@@ -98,6 +98,15 @@ def _perturbation_norms(norm, x_adv, x):
   return norms.get_norm(norm).norm(tf.constant(x_adv - x)).numpy()
 
 
+def run_stage(attack, predict, x, y, eps, seed, index, stage, *state):
+  """One stage of `attack` (a restart, or the target of clean-logit rank stage + 2) as
+  `run_attacks` runs it: seeded from the attack's stream, the stage and each example's dataset
+  `index` under the evaluator's `seed`. Returns `attack.run_stage`'s outputs (x_adv, success,
+  ...), so a script that reruns a stage gets the evaluator's result for each point."""
+  seeds = stream_example_seeds(seed, attack.stream, index, stage)
+  return attack.run_stage(predict, x, y, eps, seeds, stage, *state)
+
+
 def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robust, seed,
                 num_classes, progress=None, checks=None):
   """Runs `attacks` in order at radius eps on the points marked in `start_robust`.
@@ -142,9 +151,8 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
       def fn(x, y, idx, e, stage_arg, *point_state, attack=attack, stage=stage):
         # Attacks that take the stage as a tensor trace once for all stages (target ranks).
         s = stage_arg[0] if attack.stage_is_tensor else stage
-        seeds = stream_example_seeds(seed, attack.stream, idx, s)
-        x_adv, claimed, *returned = attack.run_stage(predict, x, y, e, seeds, s,
-                                                     *([point_state] if point_state else []))
+        x_adv, claimed, *returned = run_stage(attack, predict, x, y, e, seed, idx, s,
+                                              *([point_state] if point_state else []))
         return (x_adv, claimed & tf.logical_not(is_correct(predict(x_adv), y)), claimed,
                 *(returned[0] if returned else ()))
 

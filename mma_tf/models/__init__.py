@@ -8,7 +8,7 @@ import keras
 
 from mma_tf.models.lenet import lenet5_madry
 from mma_tf.models.seeding import LayerSeeds
-from mma_tf.models.wide_resnet import PerImageStandardize, wide_resnet
+from mma_tf.models.wide_resnet import PerImageStandardize, wide_resnet  # noqa: F401 (public)
 
 
 def small_cnn(input_shape=(28, 28, 1), num_classes=10, name='small_cnn', seed=0):

@@ -1,4 +1,5 @@
-"""WideResNet-28-k with per-image standardisation inside, as the released CIFAR-10 model (docs/paper_notes.md 3.2).
+"""WideResNet-28-k with per-image standardisation inside, as the released CIFAR-10 model
+(docs/paper_notes.md 3.2).
 
 BatchNorm under several replicas (tf.distribute): by default each replica normalises with the
 statistics of its own share of the batch, as PyTorch's BatchNorm2d under DataParallel /

@@ -8,10 +8,11 @@ and divides by the global batch size), the per-example eps to remember (objectiv
 objective turns into logged metrics with `summarize`. Attacks run inside `stop_recording()`, so
 their inner gradients are never recorded on the trainer's tape.
 
-Perturbation memory (`config.perturbation_memory`, objectives with `supports_perturbation_memory`):
-the call also gets `warm_start=(delta [B, ...], known [B] bool)`, each example's perturbation from
-its previous step (known = it has one), to start the training attack from; the output's
-`perturbation` is what to remember, written for the examples in `perturbation_mask` (all if None).
+Perturbation memory (`config.perturbation_memory`, objectives with a training attack: those whose
+settings derive from `configs.AttackSettings`, see `configs.has_training_attack`): the call also
+gets `warm_start=(delta [B, ...], known [B] bool)`, each example's perturbation from its previous
+step (known = it has one), to start the training attack from; the output's `perturbation` is what
+to remember, written for the examples in `perturbation_mask` (all if None).
 
 A new objective is one file: subclass `Objective`, decorate it with `@register`, and import the
 module (or pass an instance to `Trainer(objective=...)`). Its own hyperparameters are a dataclass
@@ -47,19 +48,23 @@ class Objective:
   uses_eps_memory: the per-example eps table is read (eps0) and rewritten from `eps`.
   selection_metric: the validation metric (of `Trainer.evaluate`: clean_acc, pgd_acc,
     avg_margin) whose maximum picks the best checkpoint, the one exported.
-  supports_perturbation_memory: the training attack can start from a remembered perturbation
-    (the call takes `warm_start`, the output carries `perturbation`).
+  `has_training_attack` (read from `settings`, see `configs.has_training_attack`): the objective
+    trains at an attack, which can start from a remembered perturbation (the call takes
+    `warm_start`, the output carries `perturbation`).
   """
   name = None
   settings = configs.NoSettings
   uses_eps_memory = False
-  supports_perturbation_memory = False
   selection_metric = 'avg_margin'
   # Under mixed_float16 the task sets this to a function returning the attacks' loss scale.
   attack_loss_scale = None
 
   def __init__(self, config):
     self.config = config
+
+  @property
+  def has_training_attack(self):
+    return configs.has_training_attack(self.settings)
 
   @staticmethod
   def logits(model, x, training):

@@ -27,7 +27,6 @@ class MMA(Objective):
   name = 'mma'
   settings = configs.MMASettings
   uses_eps_memory = True
-  supports_perturbation_memory = True
 
   def __call__(self, model, x, y, eps0, seeds, stop_recording, warm_start=None):
     c = self.config

@@ -11,7 +11,6 @@ class PGDAdversarial(Objective):
   margin, as for MMA, so the paper's comparisons select both the same way."""
   name = 'pgd_at'
   settings = configs.PGDSettings
-  supports_perturbation_memory = True
 
   def __call__(self, model, x, y, eps0, seeds, stop_recording, warm_start=None):
     c = self.config

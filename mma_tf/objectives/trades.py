@@ -43,7 +43,6 @@ def trades_attack(predict, x, y, eps, *, norm, nb_iter, rel_step_size, seed, war
 class Trades(Objective):
   name = 'trades'
   settings = configs.TradesSettings
-  supports_perturbation_memory = True
 
   def __call__(self, model, x, y, eps0, seeds, stop_recording, warm_start=None):
     c = self.config

@@ -1,40 +1,8 @@
-"""MMA the Keras way: `AdversarialModel` wraps your model so that training is compile() + fit().
+"""`AdversarialModel`: the Keras wrapper (compile, fit, the train and test steps, export, config).
 
-  base = build_my_model()                      # any Keras model from [0, 1] images to logits
-  model = mma_tf.keras.AdversarialModel(base, objective='mma', norm='Linf', hinge_maxeps=0.45)
-  model.compile(optimizer=keras.optimizers.Adam(1e-3))
-  model.fit(x_train, y_train, batch_size=50, epochs=30, validation_data=(x_val, y_val),
-            callbacks=[keras.callbacks.BackupAndRestore('backup/')])
-  base.export('export/')                       # or model.export(...): logits from [0, 1] images
-
-Settings are the `TrainConfig` fields (same names and defaults as the CLI's flags, the objective's
-own settings included) that say what a step computes; the ones Keras owns are set the Keras way
-(`_KERAS_OWNS`). `train_step` runs `step.ReplicaStep`, the Trainer's step: on the same batch,
-weights and memories both give the same result.
-
-The example index. The eps memory (and the perturbation memory) keep one row per training
-example, keyed by its index; the wrapper attaches it, and it travels with the example:
-  - arrays `fit(x, y)` (images uint8 0-255 or float in [0, 1], integer labels): index = row of x.
-    The wrapper batches them itself: every epoch is a permutation drawn from (seed, epoch)
-    (shuffle=False: the arrays' order), in batches of exactly batch_size (the last partial batch
-    is dropped, as the Trainer does). So an epoch replayed after a restart (BackupAndRestore) is
-    the same epoch. `x={'image': images, 'index': indices}` gives your own indices.
-  - a finite `tf.data.Dataset` of batches (images, labels) in a fixed order: index = position in
-    the dataset. A dataset that shuffles (a shuffle op in its graph, or options().deterministic
-    False) is refused: its positions would name other examples every epoch. To shuffle, attach
-    the index first (`with_index(ds)`, before shuffle and batch): batches ({'image', 'index'},
-    labels) carry their own index.
-Data with more examples than the memory holds is refused (arrays before training; datasets as
-they are read, an error naming the example), never a silent wrong row. The memory is sized by
-`num_examples`, or else by the first fit()'s training data.
-
-Resume: the memories are weights of the wrapper and the attack randomness is keyed by
-`optimizer.iterations`, so `BackupAndRestore` (save_freq='epoch') resumes exactly; mid-epoch
-backups (save_freq=N) replay the interrupted epoch from its start, as for any Keras model.
+Which TrainConfig fields it takes as settings (`SETTINGS`) and which Keras owns (`_KERAS_OWNS`);
+the data it is given becomes batches in `adapters.py`, its logs come from `statistics.py`.
 """
-import contextlib
-import math
-
 import keras
 import numpy as np
 import tensorflow as tf
@@ -44,7 +12,10 @@ from mma_tf import data as data_lib
 from mma_tf import objectives as objectives_lib
 from mma_tf import perturbation_memory as memory_lib
 from mma_tf.attacks import example_seeds
+from mma_tf.data import checks
 from mma_tf.evaluation.validation import validation_metrics
+from mma_tf.keras import adapters
+from mma_tf.keras.statistics import Statistics
 from mma_tf.models import user as user_models
 from mma_tf.step import ReplicaStep
 
@@ -108,101 +79,6 @@ def _settings_config(settings, jit_compile=False):
   return config
 
 
-def with_index(dataset):
-  """(image, label) examples -> ({'image', 'index'}, label), index = position in `dataset`
-  (unbatched, in a fixed order). Shuffle and batch after it: the index travels with the example."""
-  spec = dataset.element_spec
-  if not (isinstance(spec, tuple) and len(spec) == 2) or spec[0].shape.rank != 3:
-    raise ValueError(f'with_index takes an unbatched dataset of (image [H, W, C], label); got '
-                     f'{spec}.')
-  return dataset.enumerate().map(
-      lambda i, example: ({'image': example[0], 'index': tf.cast(i, tf.int32)}, example[1]))
-
-
-def _unit_images(images):
-  """uint8 0-255 or float [0, 1] images -> float32 in [0, 1]."""
-  if images.dtype == tf.uint8:
-    return tf.cast(images, tf.float32) / 255.0
-  return tf.cast(images, tf.float32)
-
-
-def _shuffling(dataset):
-  """Why `dataset` may not give its examples in the same order every time, or None."""
-  if dataset.options().deterministic is False:
-    return 'its options allow non-deterministic order'
-  try:  # the dataset's graph; no public API reads it
-    variant = dataset._variant_tensor  # pylint: disable=protected-access
-    graph = tf.compat.v1.GraphDef.FromString(
-        tf.raw_ops.DatasetToGraphV2(input_dataset=variant).numpy())
-  except Exception:  # pylint: disable=broad-except  (cannot tell)
-    return None
-  nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
-  ops = sorted({n.op for n in nodes if 'Shuffle' in n.op})
-  return f'it shuffles ({", ".join(ops)})' if ops else None
-
-
-_DATA_ERROR = 'mma_tf.keras'  # starts the messages of the datasets' checks
-
-
-@contextlib.contextmanager
-def _data_errors():
-  """A failed check of a dataset as it is read (an InvalidArgumentError from the iterator)
-  becomes a ValueError with its message."""
-  try:
-    yield
-  except tf.errors.InvalidArgumentError as e:
-    if _DATA_ERROR not in e.message:
-      raise
-    raise ValueError(e.message[e.message.index(_DATA_ERROR):].splitlines()[0]) from None
-
-
-class _Statistics(keras.metrics.Metric):
-  """Sums of named per-example statistics and their count; `result()` is `summarize(sums,
-  count)` under fixed keys (NaN for a key summarize leaves out, e.g. avg_eps before any example
-  is attacked). Read in a replica, the sums are all-reduced first, so every step's logs are the
-  epoch's exact running values; read across replicas (at the end of an epoch) they add up."""
-
-  def __init__(self, names, summarize, name):
-    super().__init__(name=name)
-    self.names, self.summarize = tuple(names), summarize
-    self.keys = tuple(summarize({n: 1.0 for n in self.names}, 1.0))
-    self.sums = self.add_variable(shape=[len(self.names) + 1], initializer='zeros',
-                                  name='sums')
-
-  def update_state(self, sums, count):
-    self.sums.assign_add(tf.stack([tf.cast(sums[n], tf.float32) for n in self.names]
-                                  + [tf.cast(count, tf.float32)]))
-
-  def _results(self, values):
-    values = [float(v) for v in values]
-    got = self.summarize(dict(zip(self.names, values)), values[-1]) if values[-1] > 0 else {}
-    return [float(got.get(k, math.nan)) for k in self.keys]
-
-  def result(self):
-    values = tf.convert_to_tensor(self.sums)
-    context = tf.distribute.get_replica_context()
-    if tf.distribute.has_strategy() and context is not None:
-      values = context.all_reduce(tf.distribute.ReduceOp.SUM, values)
-    if tf.executing_eagerly():
-      return dict(zip(self.keys, self._results(values.numpy())))
-    out = tf.numpy_function(lambda v: np.array(self._results(v), np.float32), [values],
-                            tf.float32, stateful=False)
-    return dict(zip(self.keys, tf.unstack(tf.ensure_shape(out, [len(self.keys)]))))
-
-  def reset_state(self):
-    self.sums.assign(tf.zeros_like(self.sums))
-
-
-class _EpochOrder(keras.callbacks.Callback):
-  """Tells the array pipeline which epoch starts (its permutation is drawn from (seed, epoch))."""
-
-  def __init__(self, wrapper):
-    super().__init__()
-    self.wrapper = wrapper
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self.wrapper._data_epoch = epoch  # pylint: disable=protected-access
-
 
 @keras.saving.register_keras_serializable(package='mma_tf')
 class AdversarialModel(keras.Model):
@@ -234,10 +110,6 @@ class AdversarialModel(keras.Model):
     # The strategy whose scope this wrapper was built in (None: the default, one device).
     self._strategy = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
     self.objective = objectives_lib.build_objective(self.config)
-    if self.config.perturbation_memory and not self.objective.supports_perturbation_memory:
-      raise ValueError(f'perturbation_memory stores the training attack\'s perturbation, and the '
-                       f'objective {self.objective.name!r} has no training attack that can '
-                       'start from one; drop it.')
     outside = self._strategy is None and any(
         isinstance(getattr(v, 'value', v), tf.distribute.DistributedValues) for v in base.variables)
     if outside:
@@ -256,7 +128,7 @@ class AdversarialModel(keras.Model):
   # ------------------------------------------------------------------------------ Keras API
   def call(self, inputs, training=False):
     images = inputs['image'] if isinstance(inputs, dict) else inputs
-    return self.base(_unit_images(images), training=training)
+    return self.base(adapters.unit_images(images), training=training)
 
   def compile(self, optimizer='rmsprop', loss=None, metrics=None, jit_compile='auto', **kwargs):
     """Keras' compile. The objective is the loss and its statistics are the metrics, so `loss`,
@@ -275,6 +147,11 @@ class AdversarialModel(keras.Model):
       raise ValueError('The model computes in float16, which needs loss scaling: leave '
                        'compile(auto_scale_loss=True) or pass a '
                        'keras.optimizers.LossScaleOptimizer.')
+    if self.built and not self.optimizer.built:
+      # Now, not at the first fit(): weights loaded before it (load_weights, load_model) then
+      # restore the optimizer's state too, instead of Keras skipping it with a warning.
+      with self.distribute_strategy.scope():
+        self.optimizer.build(self.trainable_variables)
     self._replica_step = None  # built for this optimizer on first use
 
   def get_compile_config(self):
@@ -284,10 +161,9 @@ class AdversarialModel(keras.Model):
     return config
 
   def compile_from_config(self, config):
-    """keras.saving.load_model compiles the loaded wrapper as it was (optimizer state too)."""
+    """keras.saving.load_model compiles the loaded wrapper as it was (compile() builds the
+    optimizer, so its state loads too)."""
     self.compile(**keras.saving.deserialize_keras_object(config))
-    if self.built:
-      self.optimizer.build(self.trainable_variables)
 
   @property
   def metrics(self):
@@ -300,8 +176,8 @@ class AdversarialModel(keras.Model):
   def fit(self, x=None, y=None, batch_size=None, epochs=1, *, callbacks=None, shuffle=True,
           validation_split=0.0, validation_data=None, validation_batch_size=None,
           sample_weight=None, class_weight=None, steps_per_epoch=None, **kwargs):
-    """Keras' fit with the index attached (module docstring). Not taken: sample_weight and
-    class_weight (the objective weighs the examples), steps_per_epoch with arrays (epochs are
+    """Keras' fit with the index attached (the `mma_tf.keras` docstring). Not taken: sample_weight
+    and class_weight (the objective weighs the examples), steps_per_epoch with arrays (epochs are
     whole permutations)."""
     if sample_weight is not None or class_weight is not None:
       raise ValueError('fit() takes no sample_weight or class_weight: the objective weighs the '
@@ -309,13 +185,13 @@ class AdversarialModel(keras.Model):
     if validation_split and validation_data is None:
       if isinstance(x, tf.data.Dataset):
         raise ValueError('validation_split needs arrays; pass validation_data with a dataset.')
-      x, y, validation_data = self._split(x, y, validation_split)
+      x, y, validation_data = adapters.split_arrays(x, y, validation_split)
     train = self._train_data(x, y, batch_size, shuffle, steps_per_epoch)
     if validation_data is not None:
       validation_data = self._eval_data(validation_data, None,
                                         validation_batch_size or batch_size)
-    callbacks = list(callbacks or []) + [_EpochOrder(self)]
-    with _data_errors():
+    callbacks = list(callbacks or []) + [adapters.EpochOrder(self)]
+    with adapters.data_errors():
       return super().fit(train, epochs=epochs, callbacks=callbacks, shuffle=False,
                          validation_data=validation_data, steps_per_epoch=steps_per_epoch,
                          **kwargs)
@@ -329,7 +205,7 @@ class AdversarialModel(keras.Model):
       x, y = self._eval_data(x, y, batch_size), None
     self._evaluating = True
     try:
-      with _data_errors():
+      with adapters.data_errors():
         return super().evaluate(x, y, batch_size, *args, **kwargs)
     finally:
       self._evaluating = False
@@ -346,7 +222,7 @@ class AdversarialModel(keras.Model):
     return self._train_stats.result()
 
   def test_step(self, data):
-    batch = dict(data, image=_unit_images(data['image']))
+    batch = dict(data, image=adapters.unit_images(data['image']))
     sums = self._get_replica_step().validation_sums(
         batch, self._global(tf.shape(batch['label'])[0]))
     count = sums.pop('count')
@@ -395,9 +271,9 @@ class AdversarialModel(keras.Model):
                                      self._strategy)
       self._checked_shape, self.image_shape, self.built = image_shape, image_shape, True
       with self.distribute_strategy.scope():
-        self._train_stats = _Statistics(self._stat_names(), self.objective.summarize,
+        self._train_stats = Statistics(self._stat_names(), self.objective.summarize,
                                         'objective')
-        self._val_stats = _Statistics(
+        self._val_stats = Statistics(
             ('clean_correct', 'pgd_correct', 'margin'),
             lambda sums, count: validation_metrics(dict(sums, count=count)), 'validation')
     elif image_shape != self._checked_shape:
@@ -474,133 +350,38 @@ class AdversarialModel(keras.Model):
     return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
 
   # ------------------------------------------------------------------------------ data
-  @staticmethod
-  def _split(x, y, validation_split):
-    """Keras' validation_split: the last fraction of the arrays."""
-    n = len(x['image'] if isinstance(x, dict) else x)
-    at = int(math.floor(n * (1.0 - validation_split)))
-    head = lambda v: {k: a[:at] for k, a in v.items()} if isinstance(v, dict) else v[:at]
-    tail = lambda v: v['image'][at:] if isinstance(v, dict) else v[at:]
-    return head(x), y[:at], (tail(x), y[at:])
-
-  def _arrays(self, x, y, split):
-    """(images, labels, indices or None) checked as data.from_arrays checks them."""
-    index = None
-    if isinstance(x, dict):
-      if set(x) != {'image', 'index'}:
-        raise ValueError(f"x as a dict has the keys 'image' and 'index'; got {sorted(x)}.")
-      x, index = x['image'], np.asarray(x['index'])
-    images = data_lib._as_nhwc(np.asarray(x), split)  # pylint: disable=protected-access
-    labels = data_lib._as_labels(y, len(images), split)  # pylint: disable=protected-access
-    data_lib._pixel_kind(images, split)  # pylint: disable=protected-access
-    if index is not None:
-      if (index.shape != (len(images),) or not np.issubdtype(index.dtype, np.integer)
-          or (len(index) and index.min() < 0) or len(np.unique(index)) != len(index)):
-        raise ValueError(f"x['index'] must hold one distinct integer >= 0 per image "
-                         f'({len(images)}); got {index.dtype} {index.shape}.')
-      index = index.astype(np.int32)
-    return images, labels, index
-
   def _train_data(self, x, y, batch_size, shuffle, steps_per_epoch):
     """The training dataset of batches {'image', 'label', 'index'}."""
     if isinstance(x, tf.data.Dataset):
       if y is not None:
         raise ValueError('fit(dataset) takes no y: the dataset yields (images, labels).')
-      return self._checked_dataset(x, 'training', for_training=True)
+      return self._dataset_batches(x, 'training', for_training=True)
     if steps_per_epoch is not None:
       raise ValueError('fit() from arrays runs whole epochs (a permutation each); drop '
                        'steps_per_epoch, or pass a tf.data.Dataset.')
     if not isinstance(shuffle, bool):
       raise ValueError(f'shuffle must be True or False; got {shuffle!r}.')
-    images, labels, index = self._arrays(x, y, 'training')
+    images, labels, index = adapters.checked_arrays(x, y, 'training')
     n, batch_size = len(labels), batch_size or 32
-    steps = n // batch_size
-    if steps < 1:
+    if n // batch_size < 1:
       raise ValueError(f'batch_size={batch_size} exceeds the {n} training examples.')
     classes = self._prepare(images.shape[1:], n if index is None else int(index.max()) + 1)
-    data_lib._check_label_range(labels, classes, 'training')  # pylint: disable=protected-access
-    index = np.arange(n, dtype=np.int32) if index is None else index
-    seed = self.config.seed
+    checks.check_label_range(labels, classes, 'training')
+    return adapters.array_batches(images, labels, index, batch_size, self.config.seed, shuffle,
+                                  lambda: self._data_epoch)
 
-    def epoch_order():
-      # Read when the epoch's iterator starts, after on_epoch_begin named the epoch.
-      if not shuffle:
-        return np.arange(n)
-      return np.random.default_rng([seed, self._data_epoch]).permutation(n)
-
-    def epoch(_):
-      order = tf.numpy_function(epoch_order, [], tf.int64)
-      return tf.data.Dataset.from_tensor_slices(tf.ensure_shape(order, [n])[:steps * batch_size])
-
-    tensors = [tf.constant(a) for a in (images, labels, index)]
-    ds = tf.data.Dataset.from_tensors(0).flat_map(epoch).batch(batch_size, drop_remainder=True)
-    ds = ds.map(lambda rows: dict(zip(('image', 'label', 'index'),
-                                      (tf.gather(t, rows) for t in tensors))))
-    return ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2)
-
-  def _checked_dataset(self, dataset, split, for_training):
-    """A dataset of batches (images, labels) or ({'image', 'index'}, labels) as batches
-    {'image', 'label', 'index'[, 'weight']}, its indices, labels and pixels checked as read."""
-    spec = dataset.element_spec
-    if not (isinstance(spec, tuple) and len(spec) == 2):
-      raise ValueError(f'The dataset must yield batches (images, labels) or ({{"image", '
-                       f'"index"}}, labels); got {spec}.')
-    indexed = isinstance(spec[0], dict)
-    if indexed and set(spec[0]) != {'image', 'index'}:
-      raise ValueError(f"The dataset's inputs as a dict have the keys 'image' and 'index'; got "
-                       f'{sorted(spec[0])}.')
-    image_spec = spec[0]['image'] if indexed else spec[0]
-    bad = f'{_DATA_ERROR} {split} data:'
-    if image_spec.shape.rank != 4 or None in image_spec.shape[1:]:
-      raise ValueError(f'The dataset must yield batches of images [batch, H, W, C] of one '
-                       f'shape; got {image_spec.shape} (batch it: dataset.batch(n)).')
-    if not (image_spec.dtype == tf.uint8 or image_spec.dtype.is_floating):
-      raise ValueError(f'Images must be uint8 (0-255) or float in [0, 1]; got '
-                       f'{image_spec.dtype.name}.')
-    if not indexed:
-      why = _shuffling(dataset)
-      if why:
-        raise ValueError(f'The dataset does not keep its order ({why}), so an example\'s '
-                         'position, its index in the memory, would change between epochs. Attach '
-                         'the index before shuffling: mma_tf.keras.with_index(unbatched) '
-                         '.shuffle(...).batch(...); or pass arrays.')
-      dataset = dataset.scan(tf.constant(0), lambda at, xy: (
-          at + tf.shape(xy[1])[0],
-          ({'image': xy[0], 'index': at + tf.range(tf.shape(xy[1])[0])}, xy[1])))
+  def _dataset_batches(self, dataset, split, for_training):
+    """Checked batches of a dataset (adapters.indexed_batches), the model and memories set up
+    for it: training data sizes the memories, if they do not exist yet."""
+    dataset, image_spec = adapters.indexed_batches(dataset)
+    shape = image_spec.shape[1:]
     if for_training:
-      if self.eps_memory is None:  # sized by this data: one pass to count it
-        needed = int(dataset.map(lambda x, y: tf.reduce_max(x['index']) + 1).reduce(
-            tf.constant(0), tf.maximum))
-      else:
-        needed = 0
-      classes = self._prepare(image_spec.shape[1:], needed)
+      classes = self._prepare(shape, adapters.rows_needed(dataset)
+                              if self.eps_memory is None else 0)
       rows = int(self.eps_memory.shape[0])
     else:
-      classes, rows = self._prepare(image_spec.shape[1:]), None
-
-    def checked(x, y):
-      index, labels = tf.cast(x['index'], tf.int32), tf.cast(y, tf.int32)
-      checks = [
-          tf.debugging.assert_non_negative(index, message=f'{bad} a negative example index'),
-          tf.debugging.assert_non_negative(labels, message=f'{bad} a negative label'),
-          tf.debugging.assert_less(labels, classes, message=(
-              f'{bad} a label is >= the {classes} classes of the model')),
-      ]
-      if rows is not None:
-        checks.append(tf.debugging.assert_less(index, rows, message=(
-            f'{bad} an example index is >= the {rows} rows of the memory (num_examples): the '
-            'data has more examples than the memory was sized for')))
-      images = x['image']
-      if images.dtype.is_floating:
-        checks.append(tf.debugging.assert_less_equal(
-            tf.abs(tf.cast(images, tf.float32) - 0.5), 0.5,
-            message=f'{bad} float pixels outside [0, 1]'))
-      with tf.control_dependencies(checks):
-        batch = {'image': tf.identity(images), 'label': labels, 'index': index}
-      if not for_training:
-        batch['weight'] = tf.ones(tf.shape(labels), tf.float32)
-      return batch
-    return dataset.map(checked)
+      classes, rows = self._prepare(shape), None
+    return adapters.checked_batches(dataset, split, classes, rows, for_training)
 
   def _eval_data(self, x, y, batch_size):
     """Validation batches {'image', 'label', 'index', 'weight'} (padded with weight 0)."""
@@ -609,13 +390,12 @@ class AdversarialModel(keras.Model):
     if isinstance(x, tf.data.Dataset):
       if y is not None:
         raise ValueError('evaluate(dataset) takes no y: the dataset yields (images, labels).')
-      return self._checked_dataset(x, 'validation', for_training=False)
-    images, labels, index = self._arrays(x, y, 'validation')
+      return self._dataset_batches(x, 'validation', for_training=False)
+    images, labels, index = adapters.checked_arrays(x, y, 'validation')
     classes = self._prepare(images.shape[1:])
-    data_lib._check_label_range(labels, classes, 'validation')  # pylint: disable=protected-access
+    checks.check_label_range(labels, classes, 'validation')
     index = np.arange(len(labels), dtype=np.int32) if index is None else index
-    images = data_lib._to_unit_np(images)  # pylint: disable=protected-access
-    return data_lib.eval_dataset(images, labels, index, batch_size or 32)
+    return data_lib.eval_dataset(checks.to_unit(images), labels, index, batch_size or 32)
 
   def _train_batch(self, data):
-    return dict(data, image=_unit_images(data['image']))
+    return dict(data, image=adapters.unit_images(data['image']))
