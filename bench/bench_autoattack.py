@@ -49,8 +49,12 @@ flags.DEFINE_integer('batch_size', 100, 'Batch size.')
 flags.DEFINE_enum('norm', 'Linf', ['Linf', 'L2'], 'Threat model.')
 flags.DEFINE_float('eps', 0.3, 'Radius.')
 flags.DEFINE_string('protocols', 'autoattack', "Protocols to run, e.g. 'autoattack,fast'.")
-flags.DEFINE_integer('fast_n_target_classes', 2, 'The fast protocol: MALT targets per ranking.')
-flags.DEFINE_integer('fast_square_queries', 1000, "The fast protocol: Square's short budget.")
+flags.DEFINE_integer('fast_n_target_classes', evaluation.EvalConfig.fast_n_target_classes,
+                     'The fast protocol: MALT targets per ranking.')
+flags.DEFINE_integer('fast_square_queries', evaluation.EvalConfig.fast_square_queries,
+                     "The fast protocol: Square's short budget.")
+flags.DEFINE_float('fast_square_continue_below', evaluation.EvalConfig.fast_square_continue_below,
+                   "The fast protocol: Square's per-point continuation threshold.")
 FLAGS = flags.FLAGS
 
 
@@ -135,7 +139,8 @@ def main(_):
   config = evaluation.EvalConfig(norm=FLAGS.norm, eps=(FLAGS.eps,), protocol=FLAGS.protocols,
                                  margin_estimates=(), batch_size=bs,
                                  fast_n_target_classes=FLAGS.fast_n_target_classes,
-                                 fast_square_queries=FLAGS.fast_square_queries)
+                                 fast_square_queries=FLAGS.fast_square_queries,
+                                 fast_square_continue_below=FLAGS.fast_square_continue_below)
   checks = sanity.model_checks(predict, x[:bs], y[:bs])  # the fast protocol's Square reads them
   counts = {k: tf.Variable(tf.zeros([bs + 1], tf.int64)) for k in ('fwd', 'bwd')}
   counted = _counting(predict, counts)

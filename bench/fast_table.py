@@ -8,7 +8,9 @@ Two directories: AutoAttack's report and a later fast-only report of the same mo
 
 Per model and eps: points, clean accuracy, robust accuracy under each, whether fast left exactly
 AutoAttack's robust set (the points robust under fast but broken by AutoAttack are what fast must
-never have), the attack seconds of each and their ratio, and the budget Square finally had in fast.
+never have), the attack seconds of each and their ratio, and the budget Square finally had in fast
+('1000 (61 continued)': 1,000 queries, and the full budget on the 61 points the per-point rule
+continued; '5000 (364 continued)': the full budget on every point left).
 In one report both protocols share compiled functions (APGD-CE's traces are made once, by
 AutoAttack's run), so fast's seconds hold slightly less tracing than AutoAttack's; in two
 reports, each paid its own tracing but ran at another moment of a shared machine. Seconds are
@@ -35,6 +37,13 @@ def _load(report_dirs):
   return r, protocols, robust
 
 
+def _square_budget(fast, eps):
+  """Square's queries in fast at eps, and on how many points it went on to the full budget."""
+  continued = fast.get('square_continued', {}).get(eps)
+  return f'{fast["square_queries"][eps]}' + (f' ({continued} continued)' if continued is not None
+                                            else '')
+
+
 def rows(name, report_dirs):
   """(the table's lines, one per eps; the report's attack seconds (AutoAttack, fast), summed
   over its radii)."""
@@ -48,7 +57,7 @@ def rows(name, report_dirs):
                  f'{100 * a.mean():.1f} | {100 * f.mean():.1f} | '
                  f'{"yes" if np.array_equal(a, f) else "no"} | {int(np.sum(f & ~a))} | '
                  f'{aa_s:.0f} | {fast_s:.0f} | {fast_s / max(aa_s, 1e-9):.2f} | '
-                 f'{fast["square_queries"][eps]} |')
+                 f'{_square_budget(fast, eps)} |')
   return lines, (aa_s, fast_s)
 
 

@@ -15,8 +15,9 @@ on the points the report's Square ran on, it breaks the ones the report's Square
 
 `summarize` prints, per model, the points still searching after the fast protocol's prefix
 (`--prefix` queries) split into those Square breaks later and those it never breaks, with what
-the search looked like at the prefix: the margin left as a fraction of the margin after the
-first query, and its fall over the last half of the prefix. The fast protocol's continuation
+the search looked like at the prefix: the margin left as a fraction of the margin at Square's
+initial point, its fall over the last half of the prefix, and how many points of each kind the
+rule `--continue_below` continues. The fast protocol's continuation
 rule (mma_tf.evaluation.fast) was chosen from these tables (docs/autoattack.md 6).
 """
 import os
@@ -67,7 +68,8 @@ def record(argv):
     sys.exit(f'The report has {len(broken_by)} points, --num_examples {len(y)}.')
   @tf.function
   def trajectory(xb, yb, index):
-    """Square's margins after each checkpoint [B, checkpoints] and its queries [B]."""
+    """Square's margins after each checkpoint [B, checkpoints], its queries [B] and the margin at
+    its initial point [B] (what the fast protocol's continuation rule compares with)."""
     # The evaluator's Square seeds: stream 'square', stage 0, keyed by the position.
     seeds = stream_example_seeds(f.seed, 'square', index, 0)
     state, done, margins = None, 0, []
@@ -76,16 +78,18 @@ def record(argv):
                             resume=None if state is None else (done, state))
       done = n
       margins.append(state.margin)
-    return tf.stack(margins, 1), state.queries
+    return tf.stack(margins, 1), state.queries, state.start_margin
 
   margins = np.zeros((len(points), len(CHECKPOINTS)), np.float32)
   queries = np.zeros(len(points), np.int32)
+  start = np.zeros(len(points), np.float32)
   for lo in range(0, len(points), f.batch_size):
     p = points[lo:lo + f.batch_size]
     padded = np.concatenate([p, np.repeat(p[:1], f.batch_size - len(p))])  # one trace
-    m, q = trajectory(tf.constant(x[padded]), tf.constant(y[padded]),
-                      tf.constant(padded.astype(np.int32)))
+    m, q, s = trajectory(tf.constant(x[padded]), tf.constant(y[padded]),
+                         tf.constant(padded.astype(np.int32)))
     margins[lo:lo + len(p)], queries[lo:lo + len(p)] = m.numpy()[:len(p)], q.numpy()[:len(p)]
+    start[lo:lo + len(p)] = s.numpy()[:len(p)]
     print(f'{lo + len(p)}/{len(points)} points', flush=True)
   broken = margins[:, -1] <= 0
   ran = (broken_by[points] < 0) | (broken_by[points] == square_index)  # in the report's Square
@@ -93,7 +97,7 @@ def record(argv):
   if not np.array_equal(broken[ran], expected[ran]):
     sys.exit(f'Square broke {points[ran & broken].tolist()} here, the report '
              f'{points[expected].tolist()}.')
-  np.savez_compressed(f.out, points=points, margins=margins, queries=queries,
+  np.savez_compressed(f.out, points=points, margins=margins, queries=queries, start_margin=start,
                       checkpoints=np.array(CHECKPOINTS), labels=y[points], eps=f.eps,
                       norm=f.norm, saved_model=f.saved_model,
                       broken_by=np.array(names + ['none'])[broken_by[points]])
@@ -105,12 +109,15 @@ def summarize(argv):
   parser = argparse.ArgumentParser()
   parser.add_argument('models', nargs='+', help='NAME=FILE.npz')
   parser.add_argument('--prefix', type=int, default=1000)
+  parser.add_argument('--continue_below', type=float, default=0.4,
+                      help='The rule: continue the points whose margin left is at most this.')
   opts = parser.parse_args(argv[1:])
   print('| model | points | broken by Square (<= prefix / later) | still searching at the prefix, '
         'never broken | later-broken: margin left at the prefix | never broken: margin left '
         '(percentiles 0 / 5 / 50) | later-broken: fall over the prefix\'s last half | never '
-        'broken: fall (percentiles 100 / 95 / 50) |')
-  print('|---' * 8 + '|')
+        'broken: fall (percentiles 100 / 95 / 50) | continued by the rule: later-broken / never '
+        'broken |')
+  print('|---' * 9 + '|')
   for item in opts.models:
     name, path = item.split('=', 1)
     d = np.load(path)
@@ -121,13 +128,18 @@ def summarize(argv):
     early = m[:, at] <= 0
     later = broken & ~early
     never = ~broken
-    left = m[:, at] / m[:, first]
-    fall = (m[:, half] - m[:, at]) / m[:, first]
+    # The margin at the initial point (recorded since the rule reads it; older files: after the
+    # first iteration, which is at most that, so their fractions are at least the rule's).
+    start = d['start_margin'] if 'start_margin' in d.files else m[:, first]
+    left = m[:, at] / start
+    fall = (m[:, half] - m[:, at]) / start
+    rule = left <= opts.continue_below
     pct = lambda v, qs: ' / '.join(f'{np.percentile(v, q):.3f}' for q in qs) if v.size else '-'
     vals = lambda v: ', '.join(f'{a:.3f}' for a in v) or '-'
     print(f'| {name} | {len(m)} | {early.sum()} / {later.sum()} | {never.sum()} | '
           f'{vals(left[later])} | {pct(left[never], (0, 5, 50))} | {vals(fall[later])} | '
-          f'{pct(fall[never], (100, 95, 50))} |')
+          f'{pct(fall[never], (100, 95, 50))} | {(rule & later).sum()} of {later.sum()} / '
+          f'{(rule & never).sum()} of {never.sum()} |')
 
 
 if __name__ == '__main__':

@@ -12,6 +12,7 @@ from helpers import LinearProblem, MulticlassAffine, radii_between, small_cnn_pr
 from mma_tf import evaluation
 from mma_tf.attacks.malt import malt_order, malt_scores, probe
 from mma_tf.attacks.registry import get_attack
+from mma_tf.attacks.square_attack import square_search
 from mma_tf.evaluation.common import stream_example_seeds
 from mma_tf.evaluation.runner import Runner, run_attacks
 
@@ -177,6 +178,31 @@ def test_square_continues_to_the_full_budget_when_the_short_run_breaks_a_point()
   assert below['square_queries'] == 100 and below['square_reason'] is None
 
 
+def test_square_continues_only_the_points_still_closing_in():
+  """Nothing broken by the short run and no sign of masking: the points whose margin fell to
+  continue_below of its start or lower go on to the full budget (with the full run's verdict),
+  the others keep the short run's."""
+  p = LinearProblem('Linf', 10, batch=16)
+  masked = lambda images: p.predict(tf.stop_gradient(images))
+  eps, index = float(np.median(p.margin) * 1.2), np.arange(16, dtype=np.int32)
+  seeds = stream_example_seeds(0, 'square', index, 0)
+  short = square_search(masked, p.x, p.y, eps, n_queries=100, seed=seeds)
+  full = square_search(masked, p.x, p.y, eps, n_queries=300, seed=seeds)
+  left = short.margin.numpy() > 0  # the points the short run leaves: start from these alone
+  ratio = short.margin.numpy() / short.start_margin.numpy()
+  below = float(np.median(ratio[left]))
+  closing_in = left & (ratio <= below)
+  got = run_attacks(Runner(16), masked, [get_attack('square', 'Linf', n_queries=100,
+                                                   full_queries=300, continue_below=below)],
+                    p.x, p.y, index, eps, left, 0, 10, checks=_checks([]))
+  facts = got['facts'][0]
+  assert facts['continued_points'] == closing_in.sum() > 0 and (left & ~closing_in).any()
+  assert facts['square_queries'] == 100 and 'of its start or lower' in facts['square_reason']
+  broken_in_full = full.margin.numpy() <= 0
+  assert (closing_in & broken_in_full).any()  # the continuation mattered
+  np.testing.assert_array_equal(got['robust'], left & ~(closing_in & broken_in_full))
+
+
 def test_the_continued_square_does_not_repeat_the_short_runs_queries():
   """Gradients that point the wrong way: the gradient attacks break nothing, the short Square run
   breaks some points, so fast continues it. The continuation resumes each point's search, so fast
@@ -243,13 +269,15 @@ def test_protocol_lists():
       'apgd-ce(nb_iter=100, loss=ce, eot_iter=1)',
       'apgd-t-malt(nb_iter=100, n_target_classes=2, loss=dlr_targeted)',
       'fab-t-malt(nb_iter=100, n_target_classes=3)',
-      'square(n_queries=700, p_init=0.8, full_queries=5000)']
+      'square(n_queries=700, p_init=0.8, full_queries=5000, continue_below=0.4)']
   for protocol, match in (('autoattack,pgd', "Unknown protocol 'pgd'"),
                           ('fast,fast', 'names one twice'), (('fast',), 'must be a string')):
     with pytest.raises(ValueError, match=match):
       evaluation.EvalConfig(protocol=protocol).validate((28, 28, 1))
   with pytest.raises(ValueError, match='fast_square_queries must be >= 1'):
     evaluation.EvalConfig(fast_square_queries=0).validate((28, 28, 1))
+  with pytest.raises(ValueError, match=r'fast_square_continue_below .* must be in \[0, 1\]'):
+    evaluation.EvalConfig(fast_square_continue_below=1.5).validate((28, 28, 1))
 
 
 def test_cli_runs_autoattack_and_fast_side_by_side_and_labels_fast(tmp_path):

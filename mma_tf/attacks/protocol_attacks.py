@@ -12,7 +12,7 @@ from mma_tf.attacks.apgd_attack import apgd
 from mma_tf.attacks.fab_attack import fab
 from mma_tf.attacks.malt import logit_order, malt_order, probe
 from mma_tf.attacks.pgd_attack import pgd
-from mma_tf.attacks.square_attack import square_outcome, square_search
+from mma_tf.attacks.square_attack import SquareState, square_outcome, square_search
 from mma_tf.attacks.registry import Attack, register
 
 
@@ -239,17 +239,31 @@ class Square(Attack):
   """The Square attack: score-based random search (no gradients), margin loss.
 
   With full_queries above n_queries (the fast protocol's Square), the search goes on to
-  full_queries on the points still robust when the model checks show signs of gradient masking or
-  the n_queries run broke a point anywhere in the evaluated set: resumed from where each point's
-  search stood, so the verdict is a full_queries run's without repeating the first queries."""
+  full_queries, resumed from where each point's search stood (so each continued point gets a
+  full_queries run's verdict without repeating the first queries): on every point still robust
+  when the model checks show signs of gradient masking or the n_queries run broke a point
+  anywhere in the evaluated set; otherwise on the points whose search is still closing in, those
+  whose margin fell to `continue_below` of its value at the initial point or lower (docs/
+  autoattack.md 6: Square's late breaks on robust models come from these)."""
   n_queries: int = 5000
   p_init: float = 0.8
   full_queries: int = None
+  continue_below: float = None
   resume_from: int = None  # a continuation's: the queries of the run whose state it continues
   uses_gradients = False
 
   def _may_continue(self):
     return self.full_queries is not None and self.full_queries > self.n_queries
+
+  @property
+  def selects_stages(self):
+    """A per-point continuation runs only on the points whose search is still closing in."""
+    return self.resume_from is not None and self.continue_below is not None
+
+  def select_stages(self, predict, x, y, eps, num_stages, state=None):
+    found = SquareState(*state)
+    closing_in = found.margin <= self.continue_below * found.start_margin
+    return tf.tile(closing_in[:, None], [1, num_stages])
 
   def run_stage(self, predict, x, y, eps, seeds, stage, state=None):
     """`state` (a continuation's): where each point's search stood after resume_from queries."""
@@ -262,16 +276,21 @@ class Square(Attack):
   def continuation(self, broken, checks):
     if self.full_queries is None:
       return None, {}
-    reason = None
+    reason, every_point = None, True
     if self._may_continue():
       reason = '; '.join(masking_signs(checks)) or None
       if reason is None and broken:
         reason = (f'the {self.n_queries}-query run broke {broken} point(s) the gradient attacks '
                   'left robust')
-    facts = {'square_queries': self.full_queries if reason else self.n_queries,
+      if reason is None and self.continue_below:
+        every_point = False
+        reason = (f'{self.full_queries} on the points whose margin fell to '
+                  f'{self.continue_below:g} of its start or lower')
+    facts = {'square_queries': self.full_queries if reason and every_point else self.n_queries,
              'square_reason': reason}
     if reason is None:
       return None, facts
     return dataclasses.replace(self, n_queries=self.full_queries, full_queries=None,
-                               resume_from=self.n_queries), facts
+                               resume_from=self.n_queries,
+                               continue_below=None if every_point else self.continue_below), facts
 

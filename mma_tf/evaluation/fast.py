@@ -9,11 +9,13 @@ Standard AutoAttack spends most of its time proving robust points robust (docs/a
 - FAB-T toward only the `fast_fab_target_classes` classes MALT ranks nearest at x (AutoAttack's
   own deterministic runs for those classes);
 - Square with `fast_square_queries` queries: a prefix of AutoAttack's Square run (the same random
-  stream, and the window schedule does not depend on the budget). When the model checks suggest
-  gradient masking or the short run breaks a point the gradient attacks left, the search goes on
-  to the full `square_queries` on the remaining points from where it stopped on each
-  (`Square.full_queries`, resumed by `run_attacks`): AutoAttack's Square verdict, without
-  repeating the short run's queries.
+  stream, and the window schedule does not depend on the budget), then the full `square_queries`
+  from where each point's search stopped (`Square.full_queries`, resumed by `run_attacks`, so a
+  continued point gets AutoAttack's Square verdict without repeating the short run's queries):
+  on every point left when the model checks suggest gradient masking or the short run broke a
+  point the gradient attacks left; otherwise on the points whose search is still closing in,
+  those whose margin fell to `fast_square_continue_below` of its value at Square's initial point
+  or lower (Square's late breaks on robust models come from these: docs/autoattack.md 6).
 Its attack list is `protocol_names.FAST`.
 """
 import numpy as np
@@ -26,8 +28,10 @@ def describe(config):
           f'toward the {k} classes MALT ranks nearest at x and the {k} nearest at a probe point '
           f'(not all {config.n_target_classes} by logit), FAB-T toward the '
           f'{config.fast_fab_target_classes} nearest at x, Square with '
-          f'{config.fast_square_queries} queries (the full {config.square_queries} where the '
-          'model checks suggest gradient masking or the short run breaks a point). Report '
+          f'{config.fast_square_queries} queries, continued to the full {config.square_queries} '
+          'on every point where the model checks suggest gradient masking or the short run '
+          'breaks a point, else on the points whose margin fell to '
+          f'{config.fast_square_continue_below:g} of its start or lower. Report '
           'AutoAttack numbers from --protocol=autoattack.')
 
 

@@ -70,9 +70,12 @@ class EvalConfig:
   square_queries: int = 5000
   eot_iter: int = None           # default: 20 for protocol 'rand' (the reference's), else 1
   # The fast protocol's budgets (fast.py; not standard AutoAttack).
-  fast_n_target_classes: int = 2  # APGD-T: MALT's nearest at x, and as many at a probe point
+  fast_n_target_classes: int = 3  # APGD-T: MALT's nearest at x, and as many at a probe point
   fast_fab_target_classes: int = 3  # FAB-T: MALT's nearest at x
   fast_square_queries: int = 1000
+  # Square goes on to square_queries on the points whose margin fell to this fraction of its
+  # start or lower (0: none; chosen from Square's trajectories, docs/autoattack.md 6).
+  fast_square_continue_below: float = 0.4
   # Margins and the rest.
   margin_estimates: tuple = ('anpgd', 'pgd_bisection', 'fab')
   margin_maxeps: float = None    # default: 1.5 x the largest eps
@@ -100,6 +103,10 @@ class EvalConfig:
                  'fast_square_queries'):
       if getattr(self, name) is not None and getattr(self, name) < 1:
         raise ValueError(f'{setting(name)} must be >= 1; got {getattr(self, name)}.')
+    if not 0 <= self.fast_square_continue_below <= 1:
+      raise ValueError(f'{setting("fast_square_continue_below")} (a fraction of the margin at '
+                       f'Square\'s initial point) must be in [0, 1]; got '
+                       f'{self.fast_square_continue_below}.')
     if not self.rel_step > 0:
       raise ValueError(f'{setting("rel_step")} (the step fraction) must be > 0; got '
                        f'{self.rel_step}.')
@@ -124,7 +131,8 @@ class EvalConfig:
     defaults). The fast protocol's Square starts with fast_square_queries and may go on to
     square_queries (fast.py)."""
     if protocol == 'fast' and name == 'square':
-      return dict(n_queries=self.fast_square_queries, full_queries=self.square_queries)
+      return dict(n_queries=self.fast_square_queries, full_queries=self.square_queries,
+                  continue_below=self.fast_square_continue_below)
     eot_iter = self.apgd_eot_iter(protocol)
     return {
         'pgd': dict(nb_iter=self.nb_iter, nb_restart=self.nb_restart, rel_step=self.rel_step),

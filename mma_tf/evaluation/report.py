@@ -48,17 +48,27 @@ def markdown_table(results, title):
   if results['sanity']['warnings']:
     lines += ['**Sanity warnings:**', ''] + [f'- {w}' for w in results['sanity']['warnings']]
   else:
+    square = [f'{sq["broke"]} of the {sq["left_robust"]} points left at eps {key} ({protocol})'
+              for protocol, per_eps in results['sanity']['square'].items()
+              for key, sq in per_eps.items()]
+    square = (f'Square broke {", ".join(square)} by the gradient attacks, below the share that '
+              'signals masking, ' if square else '')
     lines += ['Sanity checks: no warning (deterministic logits, gradients present, attacks beat '
-              'random noise, Square adds no more than ordinary models show, accuracy falls with '
-              'eps; thresholds: docs/autoattack.md 5).']
+              f'random noise, {square}accuracy falls with eps; thresholds: docs/autoattack.md '
+              '5).']
   return '\n'.join(lines) + '\n'
 
 
 def _fast_lines(r):
   """The fast protocol's label, Square's budget per eps, and its verdict against AutoAttack's."""
+  def budget(e, queries):
+    why, continued = r['square_reason'][e], r.get('square_continued', {}).get(e)
+    if continued is not None:
+      why += f'; continued on {continued} point(s)'
+    return f'{e}: {queries}' + (f' ({why})' if why else '')
+
   text = f'**{r["note"]}** Square queries per eps: ' + ', '.join(
-      f'{e}: {q}' + (f' ({r["square_reason"][e]})' if r['square_reason'][e] else '')
-      for e, q in r['square_queries'].items()) + '.'
+      budget(e, q) for e, q in r['square_queries'].items()) + '.'
   for e, c in r.get('vs_autoattack', {}).items():
     text += (f' At eps {e}: the same robust set as AutoAttack.' if c['same'] else
              f' At eps {e}: robust under fast but broken by AutoAttack: '

@@ -71,7 +71,8 @@ def _add_fast_results(protocols, per_protocol, config, keys):
   """The fast protocol's note, Square budgets and, next to AutoAttack, its agreement with it."""
   r = per_protocol['fast']
   protocols['fast'].update(note=fast.describe(config), square_queries=r['square_queries'],
-                           square_reason=r['square_reason'])
+                           square_reason=r['square_reason'],
+                           square_continued=r.get('continued_points', {}))
   if 'autoattack' in per_protocol:
     protocols['fast']['vs_autoattack'] = fast.compare(
         np.stack(per_protocol['autoattack']['robust']), np.stack(r['robust']), keys)

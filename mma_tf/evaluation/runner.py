@@ -118,7 +118,9 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
   inference, or a bug), seconds [per attack], facts [per attack] (what the attack reports at this
   radius, `Attack.continuation`).
   An attack's continuation (`Attack.continuation`, decided over all N with the model `checks`,
-  `sanity.model_checks`) runs right after it, on the points still robust, and counts as it.
+  `sanity.model_checks`) runs right after it, on the points still robust (those its
+  select_stages picks, if it selects), and counts as it; its facts then add 'continued_points',
+  how many points it ran on.
   An attack that returns a point outside the eps ball or the input box [CLIP_MIN, CLIP_MAX] (the
   attacks' default clip_min/clip_max) is a bug: it raises.
   """
@@ -131,7 +133,8 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
 
   def run_stages(attack, a_i, state):
     """Runs the attack's stages on the points still robust, each point from its `state` (per-point
-    arrays, or None); returns the per-point state the stages returned ([N, ...] arrays), or None."""
+    arrays, or None); returns the per-point state the stages returned ([N, ...] arrays) or None,
+    and the number of points any stage ran on."""
     num_stages = attack.num_stages(num_classes)
     chosen = np.ones((n, num_stages), bool)
     if attack.selects_stages and robust.any():
@@ -141,7 +144,7 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
           predict, x, y, e, num_stages, *([point_state] if point_state else [])),)
       chosen[todo] = runner.map(key and ('select', key), select,
                                 [images, labels, eps_vec] + list(state or ()), todo)[0]
-    new_state = None
+    new_state, ran = None, robust & chosen.any(axis=1)
     for stage in range(num_stages):
       todo = np.nonzero(robust & chosen[:, stage])[0]
       if not todo.size:
@@ -182,19 +185,19 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
         robust[hit] = False
         broken_by[hit] = a_i
         adv_norm[hit] = d[success[claimed]]
-    return new_state
+    return new_state, int(ran.sum())
 
   for a_i, attack in enumerate(attacks):
     start = time.perf_counter()
     unconfirmed.append(0)
-    state = run_stages(attack, a_i, None)
+    state, _ = run_stages(attack, a_i, None)
     then, attack_facts = attack.continuation(int(np.sum(broken_by == a_i)), checks)
     if then is not None:
+      _, attack_facts['continued_points'] = run_stages(then, a_i, state)
       if progress:
-        progress(f'eps {eps:g} {attack.name}: continued by {then.describe()} on the '
-                 f'{int(robust.sum())} points left ('
+        progress(f'eps {eps:g} {attack.name}: continued by {then.describe()} on '
+                 f'{attack_facts["continued_points"]} point(s) ('
                  + '; '.join(f'{k}: {v}' for k, v in attack_facts.items()) + ')')
-      run_stages(then, a_i, state)
     facts.append(attack_facts)
     seconds.append(time.perf_counter() - start)
     acc_after.append(float(robust.mean()))
