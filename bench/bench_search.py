@@ -25,9 +25,8 @@ import numpy as np  # noqa: E402
 import mma_tf  # noqa: E402,F401  before TF: it picks TF's CPU kernels (mma_tf/__init__.py)
 import tensorflow as tf  # noqa: E402
 
-from mma_tf import data as data_lib, export, losses, norms  # noqa: E402
-from mma_tf.attacks import bisection_search, example_seeds, pgd  # noqa: E402
-from mma_tf.attacks.anpgd_attack import illinois_search  # noqa: E402
+from mma_tf import configs, data as data_lib, export, losses, norms  # noqa: E402
+from mma_tf.attacks import bisection_search, example_seeds, illinois_search, pgd  # noqa: E402
 
 flags.DEFINE_string('saved_model', None, 'A trained classifier (SavedModel).')
 flags.DEFINE_string('dataset', 'mnist_5k', 'Dataset (its training split).')
@@ -41,7 +40,7 @@ flags.DEFINE_list('search_steps', ['2', '3', '4'], 'Illinois forwards to compare
 flags.DEFINE_integer('batch_size', 100, 'Batch size.')
 flags.mark_flag_as_required('saved_model')
 FLAGS = flags.FLAGS
-BISECTION_STEPS = 10
+BISECTION_STEPS = configs.AttackConfig.num_search_steps  # the released bisection
 
 
 def main(_):

@@ -76,8 +76,9 @@ def main(_):
   tf.get_logger().setLevel('ERROR')
   logging.set_verbosity(logging.WARNING)
   unknown = set(FLAGS.variants) - set(VARIANTS)
-  if unknown:
-    raise app.UsageError(f'Unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}.')
+  if unknown or not FLAGS.variants:
+    raise app.UsageError(f'Unknown variants {sorted(unknown)} or none; choose from '
+                         f'{list(VARIANTS)}.')
   data = data_lib.load('mnist_5k')
   results, counts = {}, {}
   for name in FLAGS.variants:

@@ -50,6 +50,7 @@ def record(argv):
   import mma_tf  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from mma_tf import data as data_lib, export  # pylint: disable=import-outside-toplevel
+  from mma_tf.attacks import get_attack  # pylint: disable=import-outside-toplevel
   from mma_tf.attacks.square_attack import square_search  # pylint: disable=import-outside-toplevel
   from mma_tf.evaluation.common import stream_example_seeds  # pylint: disable=import-outside-toplevel
 
@@ -70,8 +71,8 @@ def record(argv):
   def trajectory(xb, yb, index):
     """Square's margins after each checkpoint [B, checkpoints], its queries [B] and the margin at
     its initial point [B] (what the fast protocol's continuation rule compares with)."""
-    # The evaluator's Square seeds: stream 'square', stage 0, keyed by the position.
-    seeds = stream_example_seeds(f.seed, 'square', index, 0)
+    # The evaluator's Square seeds: Square's stream, stage 0, keyed by the position.
+    seeds = stream_example_seeds(f.seed, get_attack('square', f.norm).stream, index, 0)
     state, done, margins = None, 0, []
     for n in CHECKPOINTS:
       state = square_search(predict, xb, yb, f.eps, norm=f.norm, n_queries=n, seed=seeds,

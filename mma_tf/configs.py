@@ -552,21 +552,25 @@ def build(fields, overrides: Optional[dict] = None):
   unknown = set(overrides) - known
   if unknown:
     raise ValueError(f'Unknown configuration fields: {sorted(unknown)}.')
-  fields = dict(fields, **overrides)
+  given, fields = fields, dict(fields, **overrides)
   settings = OBJECTIVE_SETTINGS.get(fields.get('objective', TrainConfig.objective), NoSettings)
   fields = {k: v for k, v in fields.items()
             if k in overrides or k in settings.__dataclass_fields__ or not setting_owners(k)[0]}
-  if (fields.get('perturbation_memory') and has_training_attack(settings)
+  # Defaults that follow a switch apply when the switch is an override (not when `fields` are a
+  # recorded configuration, which holds what they gave).
+  if (overrides.get('perturbation_memory') and has_training_attack(settings)
       and 'eps_iter_scale' not in overrides):
     # Warm starts want small steps: 0.5 eps per iteration measured best (docs/RESULTS.md,
     # "Cheaper robustness"); the released 2.5 eps / nb_iter throws the stored start away.
     fields['eps_iter_scale'] = 0.5 * fields.get('nb_iter', AttackConfig.nb_iter)
-  if fields.get('search') == 'illinois' and 'num_search_steps' not in overrides:
+  if overrides.get('search') == 'illinois':
     # A few forwards find what bisection's ten do (docs/RESULTS.md); the validation monitor keeps
     # the bisection's steps, so that checkpoint selection does not change with the search.
-    fields.setdefault('test_num_search_steps',
-                      fields.get('num_search_steps', AttackConfig.num_search_steps))
-    fields['num_search_steps'] = ILLINOIS_SEARCH_STEPS
+    if fields.get('test_num_search_steps') is None:
+      fields['test_num_search_steps'] = given.get('num_search_steps',
+                                                  AttackConfig.num_search_steps)
+    if 'num_search_steps' not in overrides:
+      fields['num_search_steps'] = ILLINOIS_SEARCH_STEPS
   for name in ('lr_boundaries', 'lr_values', 'input_range'):
     if name in fields:
       fields[name] = tuple(fields[name])

@@ -37,7 +37,8 @@ def _free_ports(n):
 def _launch(args, config=None, command=(sys.executable, WORKER), stderr=subprocess.STDOUT):
   """Starts the two workers of a loopback cluster (127.0.0.1 only); worker 0 is the chief.
   `config`: extra configuration fields for both workers (mwms_worker.py's MWMS_CONFIG);
-  `command`: what each worker runs, with `args` after it (default: mwms_worker.py)."""
+  `command`: what each worker runs, with `args` after it (default: mwms_worker.py); `stderr`:
+  where both write theirs, or a list of one target per worker."""
   cluster = {'worker': [f'127.0.0.1:{p}' for p in _free_ports(2)]}
   procs = []
   for task in range(2):
@@ -45,7 +46,8 @@ def _launch(args, config=None, command=(sys.executable, WORKER), stderr=subproce
                TF_CONFIG=json.dumps({'cluster': cluster,
                                      'task': {'type': 'worker', 'index': task}}))
     procs.append(subprocess.Popen(list(command) + [str(a) for a in args], env=env,
-                                  stdout=subprocess.PIPE, stderr=stderr, text=True))
+                                  stdout=subprocess.PIPE, text=True,
+                                  stderr=stderr[task] if isinstance(stderr, list) else stderr))
   return procs
 
 
@@ -128,18 +130,20 @@ def test_a_lost_worker_is_one_plain_error_naming_the_step_to_resume_from(tmp_pat
   flags = ['--strategy=multi_worker', '--train_steps=400', '--batch_size=20', '--nb_iter=1',
            '--num_search_steps=2', '--log_every=2', '--checkpoint_every=4',
            '--eval_batch_size=250', f'--model_dir={run}']
-  chief, worker = _launch(flags, command=(sys.executable, '-m', 'mma_tf.cli.train'),
-                          stderr=subprocess.PIPE)
-  try:
-    _wait_for_line(chief, r'step 6/400 ', timeout=300)  # the checkpoint of step 4 is saved
-    worker.kill()
-    worker.wait()
-    chief.wait(timeout=120)  # the chief notices, and does not hang
-    stderr = chief.stderr.read()
-  finally:
-    for p in (chief, worker):
-      p.kill()
-      p.wait()
+  # The chief's stderr to a file: a pipe read only at the end could fill and block it.
+  with open(tmp_path / 'chief.stderr', 'w') as chief_stderr:
+    chief, worker = _launch(flags, command=(sys.executable, '-m', 'mma_tf.cli.train'),
+                            stderr=[chief_stderr, subprocess.DEVNULL])
+    try:
+      _wait_for_line(chief, r'step 6/400 ', timeout=300)  # the checkpoint of step 4 is saved
+      worker.kill()
+      worker.wait()
+      chief.wait(timeout=120)  # the chief notices, and does not hang
+    finally:
+      for p in (chief, worker):
+        p.kill()
+        p.wait()
+  stderr = (tmp_path / 'chief.stderr').read_text()
   assert chief.returncode == 3, stderr[-3000:]
   assert 'Traceback' not in stderr, stderr[-3000:]
   last = stderr.strip().splitlines()[-1]

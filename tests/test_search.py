@@ -99,7 +99,9 @@ def test_the_search_flag_defaults_its_forwards_and_keeps_the_validation_bisectio
   c = configs.resolve('mnist', 'Linf', dict(search='illinois'))
   assert (c.num_search_steps, c.validation_search_steps) == (configs.ILLINOIS_SEARCH_STEPS, 10)
   c = configs.resolve('mnist', 'Linf', dict(search='illinois', num_search_steps=5))
-  assert (c.num_search_steps, c.validation_search_steps) == (5, 5)
+  assert (c.num_search_steps, c.validation_search_steps) == (5, 10)
+  # A recorded configuration rebuilds as it was (the switch's defaults do not apply again).
+  assert configs.build(configs.flat_record(c.to_dict())) == c
   c = configs.resolve('mnist', 'Linf', dict(search='illinois', test_num_search_steps=7))
   assert (c.num_search_steps, c.validation_search_steps) == (3, 7)
   default = configs.resolve('mnist', 'Linf')

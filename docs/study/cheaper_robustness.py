@@ -91,7 +91,7 @@ def cpu_model():
   try:
     out = subprocess.run(['lscpu'], capture_output=True, text=True, check=True).stdout
   except (OSError, subprocess.CalledProcessError):
-    return {'model': platform.processor() or 'unknown', 'bf16': None}
+    return {'model': platform.processor() or 'unknown', 'features': [], 'native_bf16': False}
   fields = dict(line.split(':', 1) for line in out.splitlines() if ':' in line)
   flags = fields.get('Flags', '').split()
   return {'model': fields.get('Model name', 'unknown').strip(),
@@ -130,11 +130,12 @@ def _flags(flags, npz, monitor=()):
 def train(opts):
   spec = DATA[opts.data]
   pin = ['taskset', '-c', opts.cpus] if opts.cpus else []
-  cpu = cpu_model()
+  machine = cpu_model()
   for seed in opts.seeds:
     for row in opts.rows:
-      if BF16[0] in ROWS[row]['flags'] and not cpu['native_bf16']:
-        print(f'{row}: skipped: this CPU ({cpu["model"]}, {", ".join(cpu["features"])}) has no '
+      if BF16[0] in ROWS[row]['flags'] and not machine['native_bf16']:
+        print(f'{row}: skipped: this CPU ({machine["model"]}, {", ".join(machine["features"])}) '
+              'has no '
               'native bfloat16, and emulated bfloat16 would measure the emulation', flush=True)
         continue
       run_dir = os.path.join(opts.out, opts.data, f'{row}-seed{seed}')
@@ -155,7 +156,7 @@ def train(opts):
         shutil.copytree(os.path.join(run_dir, 'export'), os.path.join(stage, 'export'))
         record = dict(summary, steps=steps, epochs=round(steps / spec['steps_per_epoch'], 2),
                       wall_seconds=round(wall, 1), cpu_seconds=round(cpu, 1), args=args[1:],
-                      cpus=opts.cpus or None, cpu=cpu)
+                      cpus=opts.cpus or None, cpu=machine)
         with open(os.path.join(stage, 'stage.json'), 'w') as f:
           json.dump(record, f, indent=2)
         print(f'  {steps} steps: {wall:.0f} s wall, {summary["step_seconds"]:.0f} s in steps, '

@@ -27,7 +27,7 @@ def load(out):
     data = os.path.basename(os.path.dirname(run_dir))
     row, seed = os.path.basename(run_dir).rsplit('-seed', 1)
     stages = []
-    for path in glob.glob(os.path.join(run_dir, 'stage-*ep', 'stage.json')):
+    for path in glob.glob(os.path.join(run_dir, 'stage-*steps', 'stage.json')):
       with open(path) as f:
         stages.append(json.load(f))
     totals = {'step_seconds': 0.0, 'wall_seconds': 0.0, 'cpu_seconds': 0.0,

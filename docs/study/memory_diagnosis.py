@@ -8,13 +8,14 @@ model, the eps memory and the stored perturbations) and, on its first N training
 are SLM-correct (the ones MMA attacks), compares:
 - how stale the stored starts are: the share still adversarial (SLM >= 0) at the current weights,
   and their norm against the eps0 the next visit starts from;
-- the run's own training attack (AN-PGD from the stored start, the run's nb_iter and step) with
-  the faithful attack (AN-PGD from a random start, nb_iter 10 and the released step), from the
-  same eps0: the eps each returns, how often the memory attack finds no success where the
-  faithful one does, and how often each puts the example at or above d_max (out of the hinge,
-  so out of the loss);
+- the run's own training attack (AN-PGD from the stored start, the run's nb_iter, step and
+  search) with the faithful attack (AN-PGD from a random start, nb_iter 10, the released step and
+  bisection), from the same eps0, both on eval-mode predictions (the study's models have no
+  BatchNorm, so the search's BN mode does not matter): the eps each returns, how often the
+  memory attack finds no success where the faithful one does, and how often each puts the
+  example at or above d_max (out of the hinge, so out of the loss);
 - both per class.
-Prints one table; the numbers go to docs/RESULTS.md ("Cheaper robustness, round two").
+Prints one table.
 """
 import argparse
 import json
@@ -72,9 +73,11 @@ def main():
     norm = np.abs(delta).reshape(len(delta), -1).max(1) if config.norm == 'Linf' else \
         np.linalg.norm(delta.reshape(len(delta), -1), axis=1)
     seeds = example_seeds([config.seed, 10**6 + step], index[sl])
-    common = dict(maxeps=config.maxeps, norm=config.norm, seed=seeds, mask=tf.constant(correct))
+    common = dict(maxeps=config.maxeps, norm=config.norm, seed=seeds, mask=tf.constant(correct),
+                  released_quirks=config.released_quirks)
     _, eps_memory_attack = anpgd(predict, x, y, eps0, nb_iter=config.nb_iter,
-                                 eps_iter_scale=config.eps_iter_scale,
+                                 eps_iter_scale=config.eps_iter_scale, search=config.search,
+                                 num_search_steps=config.num_search_steps,
                                  warm_start=(tf.constant(delta), tf.constant(known[sl])),
                                  **common)
     _, eps_faithful = anpgd(predict, x, y, eps0, nb_iter=opts.faithful_nb_iter, **common)

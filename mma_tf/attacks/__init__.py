@@ -8,7 +8,7 @@ Each algorithm lives in its own module (`pgd_attack`, `anpgd_attack`, `apgd_atta
 """
 from mma_tf.attacks.common import check_attack_inputs, example_seeds, input_gradient
 from mma_tf.attacks.pgd_attack import pgd
-from mma_tf.attacks.anpgd_attack import anpgd, anpgd_test, bisection_search
+from mma_tf.attacks.anpgd_attack import anpgd, anpgd_test, bisection_search, illinois_search
 from mma_tf.attacks.apgd_attack import apgd, apgd_checkpoints, apgd_targeted
 from mma_tf.attacks.fab_attack import fab, fab_targeted
 from mma_tf.attacks.square_attack import square
@@ -18,4 +18,4 @@ from mma_tf.attacks import protocol_attacks  # noqa: F401  pylint: disable=unuse
 
 __all__ = ['ATTACKS', 'Attack', 'anpgd', 'anpgd_test', 'apgd', 'apgd_checkpoints', 'apgd_targeted',
            'bisection_search', 'check_attack_inputs', 'example_seeds', 'fab', 'fab_targeted',
-           'get_attack', 'input_gradient', 'pgd', 'register', 'square']
+           'get_attack', 'illinois_search', 'input_gradient', 'pgd', 'register', 'square']

@@ -152,14 +152,14 @@ def anpgd(predict, x, y, eps0, *, maxeps, norm='Linf', nb_iter=40, eps_iter_scal
           num_search_steps=10, rand_init=True, seed=0, mask=None, search_predict=None,
           clip_min=CLIP_MIN, clip_max=CLIP_MAX, released_quirks=True, warm_start=None,
           search='bisection', zero_margin=None):
-  """Training AN-PGD: PGD at eps0, then bisection along the PGD direction with the SLM test.
+  """Training AN-PGD: PGD at eps0, then a search along the PGD direction with the SLM test.
 
   Args:
     predict: images -> logits used by the PGD iterations (the released code: eval mode).
     eps0: per-example starting radius [B] (or scalar), the example's remembered eps.
     maxeps: upper end of the search (the released trainer uses 1.05 * d_max).
     mask: bool [B], the examples to attack (default all). Others get eps_hat 0 and x unchanged.
-    search_predict: images -> logits for the bisection; default `predict`. The released code
+    search_predict: images -> logits for the search; default `predict`. The released code
       searches in train mode (BN batch statistics), see docs/paper_notes.md 2.4 item 2.
     released_quirks: True reproduces the released code: u = (x_pgd - x) / eps0, eps_hat is the
       last midpoint (its margin unused) and x + eps_hat*u is NOT clipped to the box. False returns

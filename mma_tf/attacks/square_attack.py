@@ -353,7 +353,8 @@ def square_search(predict, x, y, eps, *, norm='Linf', n_queries=5000, p_init=0.8
     The state reached equals, bit for bit, what one call with n_queries gives: iteration i draws
     from sub-stream i + 1 whatever the budget, and an example still searching after `iterations`
     iterations was searching in all of them, so its state is all that it carries forward.
-    The clean check and the initial point are not repeated (2 forward passes fewer).
+    The clean check and the initial point are not repeated (2 forward passes fewer). A state
+    without start_margin (3 fields) takes the resumed margin as its start.
   """
   geometry = norms_lib.get_norm(norm)
   n_queries = _check_square_args(x, y, eps, n_queries, p_init, clip_min, clip_max)

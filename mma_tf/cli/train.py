@@ -66,7 +66,9 @@ _FIELDS = {
                 '--test_nb_iter) validation.'),
     'num_search_steps': (flags.DEFINE_integer, 'Search steps of AN-PGD along the PGD direction: '
                          'bisection steps (training and, unless --test_num_search_steps, '
-                         'validation), or the forwards of --search=illinois (default 3 with it).'),
+                         'validation), or the forwards of --search=illinois (default '
+                         f'{configs.ILLINOIS_SEARCH_STEPS} with it; validation then keeps the '
+                         "bisection's steps)."),
     'sync_batchnorm': (flags.DEFINE_bool, 'BatchNorm statistics over the global batch (all '
                        'replicas) instead of per replica (released code: per replica).'),
     'released_quirks': (flags.DEFINE_bool, "AN-PGD as released: last midpoint, x+eps*u "

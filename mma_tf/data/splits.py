@@ -31,7 +31,6 @@ def parse_validation_split(split):
                    f'{split!r}.')
 
 
-
 def validation_positions(validation_split, num_validation, num_train_total):
   """The positions in the training set of the validation images of a parsed split rule
   (`parse_validation_split`), in increasing order."""

@@ -30,8 +30,9 @@ def describe(config):
           f'{config.fast_fab_target_classes} nearest at x, Square with '
           f'{config.fast_square_queries} queries, continued to the full {config.square_queries} '
           'on every point where the model checks suggest gradient masking or the short run '
-          'breaks a point, else on the points whose margin fell to '
-          f'{config.fast_square_continue_below:g} of its start or lower. Report '
+          'breaks a point' + (f', else on the points whose margin fell to '
+                              f'{config.fast_square_continue_below:g} of its start or lower'
+                              if config.fast_square_continue_below else '') + '. Report '
           'AutoAttack numbers from --protocol=autoattack.')
 
 

@@ -19,7 +19,7 @@ import math
 from mma_tf import protocol_names
 from mma_tf.attacks.registry import get_attack
 # The names and attack lists live where the CLI reads them before TensorFlow starts.
-from mma_tf.protocol_names import AUTOATTACK, PAPER, PROTOCOL_ATTACKS, PROTOCOLS, RAND  # noqa: F401
+from mma_tf.protocol_names import PROTOCOL_ATTACKS
 from mma_tf.setting_names import setting
 
 # The reference's budgets for its standard and rand versions (set_version in autoattack.py).

@@ -197,7 +197,8 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
       if progress:
         progress(f'eps {eps:g} {attack.name}: continued by {then.describe()} on '
                  f'{attack_facts["continued_points"]} point(s) ('
-                 + '; '.join(f'{k}: {v}' for k, v in attack_facts.items()) + ')')
+                 + '; '.join(f'{k}: {v}' for k, v in attack_facts.items()
+                             if k != 'continued_points') + ')')
     facts.append(attack_facts)
     seconds.append(time.perf_counter() - start)
     acc_after.append(float(robust.mean()))

@@ -42,9 +42,10 @@ class MMA(Objective):
           num_search_steps=c.num_search_steps, rand_init=True, seed=seeds, mask=is_correct,
           search_predict=self.attack_predictor(model, c.search_bn_mode == 'train'),
           released_quirks=c.released_quirks, warm_start=warm_start, search=c.search,
-          # The illinois search starts from the margin at x: the clean pass has it (in train
-          # mode: with BatchNorm, the clean batch's statistics, not the search batch's).
-          zero_margin=clean_margin if c.search == 'illinois' else None)
+          # The illinois search starts from the margin at x: in train mode the clean pass has
+          # it (scale 0 is the clean batch); in eval mode the search computes it.
+          zero_margin=(clean_margin if c.search == 'illinois' and c.search_bn_mode == 'train'
+                       else None))
     mix_ce = losses.cross_entropy(self.logits(model, x_mix, True), y)  # (d) one pass, mixed batch
     in_hinge = tf.logical_and(is_correct, eps_hat < c.hinge_maxeps)
     margin_terms = tf.where(tf.logical_or(in_hinge, tf.logical_not(is_correct)), mix_ce, 0.0)
