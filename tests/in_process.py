@@ -9,6 +9,7 @@ import sys
 
 from absl import flags
 
+from mma_tf import setting_names
 from mma_tf.cli import common
 
 # mma_tf.cli.train and mma_tf.cli.evaluate define flags of the same names on absl's global FLAGS,
@@ -34,10 +35,13 @@ def run_main(module_name, args):
   module = _load(module_name)
   flags.FLAGS.unparse_flags()
   out, err = io.StringIO(), io.StringIO()
+  flag_names = setting_names._FLAGS  # pylint: disable=protected-access
   with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
     try:
       code = module.main(common.exit_on_flag_error([module_name] + [str(a) for a in args]))
     except SystemExit as e:  # exit_on_flag_error printed the flag error
       code = e.code
+    finally:  # the CLI names settings as flags; the tests after it use the Python API
+      setting_names._FLAGS = flag_names  # pylint: disable=protected-access
   return subprocess.CompletedProcess([module_name] + list(args), code, out.getvalue(),
                                      err.getvalue())

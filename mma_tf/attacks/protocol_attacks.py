@@ -217,6 +217,19 @@ class FABTMalt(FABT):
                         at_probe=False)
 
 
+# Square breaking more than this share of the points the gradient attacks left, and at least
+# this many, is a sign of gradient masking (set between what ordinary models and models built to
+# fail show: docs/autoattack.md 5). The sanity check warns of it; fast's Square then goes on.
+SQUARE_SHARE = 0.05
+SQUARE_MIN_POINTS = 3
+
+
+def square_signals_masking(broke, left):
+  """True when Square broke `broke` of the `left` points the gradient attacks left robust: more
+  than SQUARE_SHARE of them and at least SQUARE_MIN_POINTS."""
+  return broke >= SQUARE_MIN_POINTS and broke > SQUARE_SHARE * left
+
+
 def masking_signs(checks):
   """Why a model's gradients may mislead the gradient attacks, from the model checks
   (`sanity.model_checks`; None: not run): [] when none."""
@@ -241,10 +254,11 @@ class Square(Attack):
   With full_queries above n_queries (the fast protocol's Square), the search goes on to
   full_queries, resumed from where each point's search stood (so each continued point gets a
   full_queries run's verdict without repeating the first queries): on every point still robust
-  when the model checks show signs of gradient masking or the n_queries run broke a point
-  anywhere in the evaluated set; otherwise on the points whose search is still closing in, those
-  whose margin fell to `continue_below` of its value at the initial point or lower (docs/
-  autoattack.md 6: Square's late breaks on robust models come from these)."""
+  when the model checks or the n_queries run show signs of gradient masking (the run broke more
+  of the points it attacked than `square_signals_masking` allows); otherwise on the points whose
+  search is still closing in, those whose margin fell to `continue_below` of its value at the
+  initial point or lower (docs/autoattack.md 6: Square's late breaks on robust models come from
+  these)."""
   n_queries: int = 5000
   p_init: float = 0.8
   full_queries: int = None
@@ -273,15 +287,15 @@ class Square(Attack):
     x_adv, success, _ = square_outcome(predict, x, y, found)
     return (x_adv, success) + ((tuple(found),) if self._may_continue() else ())
 
-  def continuation(self, broken, checks):
+  def continuation(self, broken, attacked, checks):
     if self.full_queries is None:
       return None, {}
     reason, every_point = None, True
     if self._may_continue():
       reason = '; '.join(masking_signs(checks)) or None
-      if reason is None and broken:
-        reason = (f'the {self.n_queries}-query run broke {broken} point(s) the gradient attacks '
-                  'left robust')
+      if reason is None and square_signals_masking(broken, attacked):
+        reason = (f'the {self.n_queries}-query run broke {broken} of the {attacked} points the '
+                  'gradient attacks left: a sign of masking')
       if reason is None and self.continue_below:
         every_point = False
         reason = (f'{self.full_queries} on the points whose margin fell to '

@@ -78,12 +78,13 @@ class Attack:
   def run_stage(self, predict, x, y, eps, seeds, stage):
     raise NotImplementedError
 
-  def continuation(self, broken, checks):
+  def continuation(self, broken, attacked, checks):
     """(attack or None, facts), decided once this attack has run on the whole evaluated set:
     an attack to run next on the points it left robust, each from the state this attack's stages
     returned for it, counted as this attack; and facts for the report ({name: value} at this
-    radius, e.g. the budget it ended with). `broken`: the points this attack broke; `checks`:
-    the model checks (`sanity.model_checks`), or None. Default: neither."""
+    radius, e.g. the budget it ended with). `broken`: how many points this attack broke, of the
+    `attacked` points still robust when it started; `checks`: the model checks
+    (`sanity.model_checks`), or None. Default: neither."""
     return None, {}
 
   @property

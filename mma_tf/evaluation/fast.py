@@ -12,8 +12,9 @@ Standard AutoAttack spends most of its time proving robust points robust (docs/a
   stream, and the window schedule does not depend on the budget), then the full `square_queries`
   from where each point's search stopped (`Square.full_queries`, resumed by `run_attacks`, so a
   continued point gets AutoAttack's Square verdict without repeating the short run's queries):
-  on every point left when the model checks suggest gradient masking or the short run broke a
-  point the gradient attacks left; otherwise on the points whose search is still closing in,
+  on every point left when the model checks suggest gradient masking or the short run broke
+  more of the points the gradient attacks left than the masking check allows
+  (`square_signals_masking`); otherwise on the points whose search is still closing in,
   those whose margin fell to `fast_square_continue_below` of its value at Square's initial point
   or lower (Square's late breaks on robust models come from these: docs/autoattack.md 6).
 Its attack list is `protocol_names.FAST`.
@@ -29,8 +30,8 @@ def describe(config):
           f'(not all {config.n_target_classes} by logit), FAB-T toward the '
           f'{config.fast_fab_target_classes} nearest at x, Square with '
           f'{config.fast_square_queries} queries, continued to the full {config.square_queries} '
-          'on every point where the model checks suggest gradient masking or the short run '
-          'breaks a point' + (f', else on the points whose margin fell to '
+          'on every point where the model checks or the short run suggest gradient masking'
+          + (f', else on the points whose margin fell to '
                               f'{config.fast_square_continue_below:g} of its start or lower'
                               if config.fast_square_continue_below else '') + '. Report '
           'AutoAttack numbers from --protocol=autoattack.')

@@ -190,8 +190,9 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
   for a_i, attack in enumerate(attacks):
     start = time.perf_counter()
     unconfirmed.append(0)
+    attacked = int(robust.sum())
     state, _ = run_stages(attack, a_i, None)
-    then, attack_facts = attack.continuation(int(np.sum(broken_by == a_i)), checks)
+    then, attack_facts = attack.continuation(int(np.sum(broken_by == a_i)), attacked, checks)
     if then is not None:
       _, attack_facts['continued_points'] = run_stages(then, a_i, state)
       if progress:

@@ -8,6 +8,10 @@ import tensorflow as tf
 from mma_tf import losses, norms
 from mma_tf.attacks import input_gradient
 from mma_tf.attacks.common import CLIP_MAX, CLIP_MIN
+# Square's masking threshold (SQUARE_SHARE of the points left, at least SQUARE_MIN_POINTS) is
+# also fast's reason to run Square in full: it lives with Square.
+from mma_tf.attacks.protocol_attacks import (SQUARE_MIN_POINTS, SQUARE_SHARE,
+                                             square_signals_masking)
 from mma_tf.evaluation.common import is_correct, stream_example_seeds
 from mma_tf.setting_names import setting
 
@@ -16,8 +20,6 @@ from mma_tf.setting_names import setting
 # show (measured: docs/autoattack.md 5).
 ZERO_GRADIENT_SHARE = 0.01     # of the checked examples
 NONDETERMINISM = 1e-4          # L2 distance of unit-normalised logits (the reference's value)
-SQUARE_SHARE = 0.05            # of the points the gradient attacks left robust ...
-SQUARE_MIN_POINTS = 3          # ... and at least this many points
 MARGIN_SPREAD = 0.1            # estimates further apart than 10% of the smallest ...
 MARGIN_SHARE = 0.75            # ... on more than this share of the correct examples
 
@@ -110,8 +112,7 @@ def warnings_for(results):
                  'left robust (threshold: any): an attack is broken or the gradients are masked.')
   for protocol, per_eps in sanity['square'].items():
     for key, sq in per_eps.items():
-      if (sq['broke'] >= SQUARE_MIN_POINTS
-          and sq['broke'] > SQUARE_SHARE * sq['left_robust']):
+      if square_signals_masking(sq['broke'], sq['left_robust']):
         out.append(f'At eps {key} ({protocol}), Square (no gradients) broke {sq["broke"]} of the '
                    f'{sq["left_robust"]} points the gradient attacks left robust '
                    f'({sq["broke"] / sq["left_robust"]:.1%}; threshold: more than '
