@@ -110,9 +110,13 @@ def summarize(argv):
   parser = argparse.ArgumentParser()
   parser.add_argument('models', nargs='+', help='NAME=FILE.npz')
   parser.add_argument('--prefix', type=int, default=1000)
-  parser.add_argument('--continue_below', type=float, default=0.4,
-                      help='The rule: continue the points whose margin left is at most this.')
+  parser.add_argument('--continue_below', type=float, default=None,
+                      help='The rule: continue the points whose margin left is at most this '
+                      '(default: the fast protocol\'s, EvalConfig.fast_square_continue_below).')
   opts = parser.parse_args(argv[1:])
+  if opts.continue_below is None:
+    from mma_tf.evaluation import EvalConfig  # pylint: disable=import-outside-toplevel
+    opts.continue_below = EvalConfig.fast_square_continue_below
   print('| model | points | broken by Square (<= prefix / later) | still searching at the prefix, '
         'never broken | later-broken: margin left at the prefix | never broken: margin left '
         '(percentiles 0 / 5 / 50) | later-broken: fall over the prefix\'s last half | never '

@@ -269,7 +269,7 @@ def test_protocol_lists():
       'apgd-ce(nb_iter=100, loss=ce, eot_iter=1)',
       'apgd-t-malt(nb_iter=100, n_target_classes=2, loss=dlr_targeted)',
       'fab-t-malt(nb_iter=100, n_target_classes=3)',
-      'square(n_queries=700, p_init=0.8, full_queries=5000, continue_below=0.4)']
+      'square(n_queries=700, p_init=0.8, full_queries=5000, continue_below=0.3)']
   for protocol, match in (('autoattack,pgd', "Unknown protocol 'pgd'"),
                           ('fast,fast', 'names one twice'), (('fast',), 'must be a string')):
     with pytest.raises(ValueError, match=match):

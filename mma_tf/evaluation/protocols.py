@@ -75,7 +75,7 @@ class EvalConfig:
   fast_square_queries: int = 1000
   # Square goes on to square_queries on the points whose margin fell to this fraction of its
   # start or lower (0: none; chosen from Square's trajectories, docs/autoattack.md 6).
-  fast_square_continue_below: float = 0.4
+  fast_square_continue_below: float = 0.3
   # Margins and the rest.
   margin_estimates: tuple = ('anpgd', 'pgd_bisection', 'fab')
   margin_maxeps: float = None    # default: 1.5 x the largest eps
