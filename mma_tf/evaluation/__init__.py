@@ -19,9 +19,9 @@ from mma_tf.evaluation import results as results_lib
 from mma_tf.evaluation.common import is_correct
 from mma_tf.evaluation.protocols import (DEFAULT_EPS, EvalConfig, default_eps, default_rel_step,
                                          protocol_label)
-from mma_tf.protocol_names import AUTOATTACK, PAPER, PROTOCOLS, RAND
 from mma_tf.evaluation.report import markdown_table, write_report
 from mma_tf.evaluation.runner import Runner, run_attacks
+from mma_tf.protocol_names import AUTOATTACK, PAPER, PROTOCOLS, RAND
 
 __all__ = ['AUTOATTACK', 'DEFAULT_EPS', 'PAPER', 'PROTOCOLS', 'RAND', 'EvalConfig', 'Runner',
            'default_eps', 'default_rel_step', 'evaluate', 'markdown_table', 'num_classes_of',

@@ -25,16 +25,15 @@ import numpy as np
 def describe(config):
   """One sentence for reports: what fast runs, and that it is not standard AutoAttack."""
   k = config.fast_n_target_classes
+  per_point = (f', else on the points whose margin fell to {config.fast_square_continue_below:g} '
+               'of its start or lower' if config.fast_square_continue_below else '')
   return (f'fast is not standard AutoAttack: APGD-CE ({config.apgd_nb_iter} iterations), APGD-T '
           f'toward the {k} classes MALT ranks nearest at x and the {k} nearest at a probe point '
           f'(not all {config.n_target_classes} by logit), FAB-T toward the '
           f'{config.fast_fab_target_classes} nearest at x, Square with '
           f'{config.fast_square_queries} queries, continued to the full {config.square_queries} '
-          'on every point where the model checks or the short run suggest gradient masking'
-          + (f', else on the points whose margin fell to '
-                              f'{config.fast_square_continue_below:g} of its start or lower'
-                              if config.fast_square_continue_below else '') + '. Report '
-          'AutoAttack numbers from --protocol=autoattack.')
+          f'on every point where the model checks or the short run suggest gradient masking'
+          f'{per_point}. Report AutoAttack numbers from --protocol=autoattack.')
 
 
 def compare(autoattack_robust, fast_robust, keys):
