@@ -129,6 +129,7 @@ def test_two_replicas_keep_the_memory_of_one_device(data8, warm_weights, tmp_pat
   np.testing.assert_array_equal(components[0], components[1])  # replicas hold one table
 
 
+@pytest.mark.slow  # two worker processes (CI: --runslow)
 def test_two_workers_hold_the_same_memory_and_resume_it(tmp_path):
   """MultiWorkerMirroredStrategy on two local processes: identical tables after training, and
   after a restart both workers restore the chief's table."""

@@ -199,8 +199,14 @@ def test_evaluate_traces_once_across_calls_with_the_same_model():
   assert evaluation.runner_for(predict, config) is runner and len(traces) >= 6
   assert {k: f.experimental_get_tracing_count() for k, f in runner._compiled.items()} == traces
   assert first['robust_acc'] == second['robust_acc']
-  other = evaluation.EvalConfig(**dict(vars(config), eps=(0.1,)))
-  assert evaluation.runner_for(predict, other) is not runner
+  # Another radius and protocol on the same model: the same runner, nothing traced again.
+  other = evaluation.EvalConfig(**dict(vars(config), eps=(0.1,), protocol='autoattack',
+                                       margin_estimates=()))
+  evaluation.evaluate(predict, p.x, p.y, other)
+  assert evaluation.runner_for(predict, other) is runner
+  assert {k: f.experimental_get_tracing_count() for k, f in runner._compiled.items()} == traces
+  smaller = evaluation.EvalConfig(**dict(vars(config), batch_size=8))
+  assert evaluation.runner_for(predict, smaller) is not runner  # other shapes: another runner
 
 
 def test_float16_gradients_non_finite_on_one_replica_are_non_finite_on_all(two_cpu_strategy):

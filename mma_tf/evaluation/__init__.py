@@ -29,10 +29,12 @@ __all__ = ['AUTOATTACK', 'DEFAULT_EPS', 'PAPER', 'PROTOCOLS', 'RAND', 'EvalConfi
 
 
 def runner_for(predict, config, strategy=None):
-  """The Runner that evaluate() uses for (predict, config, strategy), made once: a second call
-  with the same model and settings reuses every compiled function (one trace per bucket shape).
-  Kept on `predict` itself, so it lives as long as the model (a callable that takes no
-  attributes, e.g. a bound method, gets a new Runner per call)."""
+  """The Runner that evaluate() uses for predict, config.batch_size, config.jit_compile and
+  strategy, made once: later calls on the same model reuse every compiled function whose key
+  matches (one trace per bucket shape), whatever else changed (radii, attacks, protocols), since
+  each function's key names everything else it depends on. Kept on `predict` itself, so it lives
+  as long as the model (a callable that takes no attributes, e.g. a bound method, gets a new
+  Runner per call)."""
   strategy = strategy or tf.distribute.get_strategy()
   cache = getattr(predict, '_mma_tf_runners', None)
   if cache is None:
@@ -41,7 +43,7 @@ def runner_for(predict, config, strategy=None):
       predict._mma_tf_runners = cache
     except AttributeError:
       pass
-  key = (repr(config), id(strategy))
+  key = (config.batch_size, config.jit_compile, id(strategy))
   if key not in cache:
     cache[key] = (Runner(config.batch_size, strategy, config.jit_compile), strategy)
   return cache[key][0]
@@ -115,7 +117,8 @@ def _margin_estimates(runner, predict, images, labels, clean, config, log):
     correct = np.nonzero(clean)[0]
     values = np.zeros(n, np.float32)
     if correct.size:
-      values[correct] = runner.map(('margin', name), margins.estimator(name, predict, config),
+      values[correct] = runner.map(('margin', name, repr(config)),
+                                   margins.estimator(name, predict, config),
                                    [images, labels, index], correct)[0]
     margin_values[name] = values
     log(f'margin {name}: mean {values.mean():.4f} ({time.perf_counter() - t:.1f} s)')
@@ -132,12 +135,12 @@ def _run_protocol(attacks, record, runner, predict, images, labels, eps, clean, 
   results_lib.add_eps(record, results_lib.eps_key(eps), out)
 
 
-def _noise_correct(runner, noise_fn, images, labels, eps, clean):
+def _noise_correct(runner, noise_fn, key, images, labels, eps, clean):
   """bool [N]: clean-correct and still correct under every random draw of the noise check."""
   n = len(labels)
   index = np.arange(n, dtype=np.int32)
   eps_vec = np.full(n, eps, np.float32)
-  return runner.map('noise', noise_fn, [images, labels, index, eps_vec],
+  return runner.map(key, noise_fn, [images, labels, index, eps_vec],
                     np.arange(n))[0].astype(bool) & clean
 
 
@@ -154,7 +157,8 @@ def _attacks_and_noise(runner, predict, protocols, images, labels, clean, config
       plog = (lambda text, p=p: log(f'{p}: {text}')) if len(protocols) > 1 else log
       _run_protocol(attacks, per_protocol[p], runner, predict, images, labels, eps, clean,
                     config, num_classes, checks, plog)
-    noise[e_i] = _noise_correct(runner, noise_fn, images, labels, eps, clean)
+    noise[e_i] = _noise_correct(runner, noise_fn, ('noise', config.norm, config.seed), images,
+                                labels, eps, clean)
   return per_protocol, noise
 
 
@@ -173,8 +177,8 @@ def evaluate(predict, images, labels, config, source_predict=None, progress=None
   finish. With `source_predict`, the paper protocol also scores PGD examples crafted on the source
   model (transfer). `strategy` splits every batch across its replicas (results are identical to one
   device). Compiled functions are reused across calls with the same predict, config and strategy
-  (`runner_for`). A `runner` passed in belongs to one predict and config: its compiled functions
-  are looked up by name, not by model.
+  (`runner_for`). A `runner` passed in belongs to one predict: its compiled functions are looked
+  up by key, not by model.
   """
   images, labels, num_classes = _checked_inputs(predict, images, labels, config)
   protocols, changes = _attacks_for(config, num_classes, source_predict)

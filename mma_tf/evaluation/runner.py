@@ -159,11 +159,11 @@ def run_attacks(runner, predict, attacks, images, labels, index, eps, start_robu
         return (x_adv, claimed & tf.logical_not(is_correct(predict(x_adv), y)), claimed,
                 *(returned[0] if returned else ()))
 
-      # Equal keys mean equal computations (Attack.cache_key), so a runner reused across
-      # evaluate() calls (evaluation.runner_for) reuses their traces.
+      # Equal keys mean equal computations (Attack.cache_key, the stage, the seed), so a runner
+      # reused across evaluate() calls (evaluation.runner_for) reuses their traces.
       key = attack.cache_key()
       if key is not None:
-        key = (key, None if attack.stage_is_tensor else stage)
+        key = (key, None if attack.stage_is_tensor else stage, seed)
       x_adv, success, claimed, *returned = runner.map(
           key, fn, [images, labels, index, eps_vec, stage_vec] + list(state or ()), todo)
       if returned:
