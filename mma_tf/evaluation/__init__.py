@@ -152,13 +152,13 @@ def _attacks_and_noise(runner, predict, protocols, images, labels, clean, config
   eps_list = [float(e) for e in config.eps]
   noise = np.zeros((len(eps_list), len(labels)), bool)
   noise_fn = sanity.noise_fn(predict, config.norm, config.seed, sanity.NOISE_DRAWS)
+  noise_key = ('noise', config.norm, config.seed)  # what noise_fn depends on besides predict
   for e_i, eps in enumerate(eps_list):
     for p, attacks in protocols.items():
       plog = (lambda text, p=p: log(f'{p}: {text}')) if len(protocols) > 1 else log
       _run_protocol(attacks, per_protocol[p], runner, predict, images, labels, eps, clean,
                     config, num_classes, checks, plog)
-    noise[e_i] = _noise_correct(runner, noise_fn, ('noise', config.norm, config.seed), images,
-                                labels, eps, clean)
+    noise[e_i] = _noise_correct(runner, noise_fn, noise_key, images, labels, eps, clean)
   return per_protocol, noise
 
 
@@ -176,9 +176,9 @@ def evaluate(predict, images, labels, config, source_predict=None, progress=None
   images: float32 [N, H, W, C] in [0, 1]; labels: int [N]. `progress(text)` is called as attacks
   finish. With `source_predict`, the paper protocol also scores PGD examples crafted on the source
   model (transfer). `strategy` splits every batch across its replicas (results are identical to one
-  device). Compiled functions are reused across calls with the same predict, config and strategy
-  (`runner_for`). A `runner` passed in belongs to one predict: its compiled functions are looked
-  up by key, not by model.
+  device). Compiled functions are reused across calls with the same predict, batch size, XLA
+  setting and strategy (`runner_for`). A `runner` passed in belongs to one predict: its compiled
+  functions are looked up by key, not by model.
   """
   images, labels, num_classes = _checked_inputs(predict, images, labels, config)
   protocols, changes = _attacks_for(config, num_classes, source_predict)
