@@ -140,7 +140,7 @@ def train(opts):
         continue
       run_dir = os.path.join(opts.out, opts.data, f'{row}-seed{seed}')
       os.makedirs(run_dir, exist_ok=True)
-      for fraction in ROWS[row]['budgets']:
+      for fraction in opts.budgets or ROWS[row]['budgets']:
         steps = _steps(opts.data, fraction)
         stage = _stage_dir(run_dir, steps)
         if os.path.exists(os.path.join(stage, 'stage.json')):
@@ -169,9 +169,7 @@ def evaluate(opts):
   for seed in opts.seeds:
     for row in opts.rows:
       run_dir = os.path.join(opts.out, opts.data, f'{row}-seed{seed}')
-      for fraction in ROWS[row]['budgets']:
-        if opts.budgets and not any(abs(fraction - b) < 1e-9 for b in opts.budgets):
-          continue
+      for fraction in opts.budgets or ROWS[row]['budgets']:
         stage = _stage_dir(run_dir, _steps(opts.data, fraction))
         out = os.path.join(stage, 'eval')
         if not os.path.exists(os.path.join(stage, 'stage.json')):
@@ -201,8 +199,10 @@ def main():
   parser.add_argument('--num_examples', type=int, default=500)
   parser.add_argument('--protocol', default='autoattack')
   parser.add_argument('--budgets', default='',
-                      help='evaluate: only these budgets (fractions, e.g. 1 or 0.25,1); '
-                           'default every budget of the row')
+                      help="train: to these budgets instead of the row's (fractions of the "
+                           "data's steps; above 1 continues a run, e.g. a cheap row to the CPU "
+                           "seconds of a fraction of faithful's); evaluate: only these budgets; "
+                           "default every budget of the row")
   parser.add_argument('--doc', default=None, help='summarize: output prefix (.md, .json, .png)')
   opts = parser.parse_args()
   opts.seeds = [int(s) for s in opts.seeds.split(',') if s]
