@@ -24,8 +24,11 @@ except RuntimeError:  # devices already initialised by another import; replica t
 
 
 def pytest_configure(config):
-  config.addinivalue_line('markers', 'slow: long-running tests: the study replay, worker '
-                          'processes, the example (run with --runslow; CI does)')
+  config.addinivalue_line('markers', 'slow: long-running tests (BUILD.md, "Test tiers"): run with '
+                          '--runslow; CI does')
+  config.addinivalue_line('markers', 'processes: starts MultiWorkerMirrored worker processes on '
+                          'loopback, whose bounded waits assume the cores are theirs: CI runs '
+                          'these one at a time')
   # Keras 3.15's Variable.__array__ takes no `copy` argument, which NumPy 2 asks for whenever
   # Keras saves weights (keras/src/backend/common/variables.py; a plain Keras model's
   # save_weights warns alike): Keras' to fix, not ours. Only that Keras call site is silenced.

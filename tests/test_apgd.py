@@ -332,6 +332,7 @@ def test_targeted_equals_rank_by_rank_with_compaction(rng):
   assert 1 < success.sum() < len(y) - 1
 
 
+@pytest.mark.slow  # XLA compilation: off by default, slow to compile on CPUs (CI: --runslow)
 def test_eager_function_and_xla_agree():
   model = MLP()
   x, y = model.data(8, seed=2)

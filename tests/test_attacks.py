@@ -142,6 +142,7 @@ def test_anpgd_mask_and_batch_invariance(norm, rng):
 
 # ----------------------------------------------------------------------------- graph modes, tracing
 
+@pytest.mark.slow  # XLA compilation: off by default, slow to compile on CPUs (CI: --runslow)
 @pytest.mark.parametrize('norm', NORMS)
 def test_eager_function_and_xla_agree_and_trace_once(norm, rng):
   _, predict = small_cnn_predict()

@@ -69,19 +69,23 @@ def test_ensemble_is_the_pointwise_worst_case(rng):
   assert both['robust_acc']['0.03'] < 1  # the attacks did something
 
 
+# Slow (CI: --runslow): two whole ensembles with two margin estimates, one on two replicas. The
+# default tier proves each attack's batch invariance and strategy parity (test_apgd.py,
+# test_fab.py, test_attacks.py, test_square.py: *batch*, *inside_strategy_run*).
+@pytest.mark.slow
 def test_results_do_not_depend_on_batch_size_or_devices(rng, two_cpu_strategy):
   _, predict = small_cnn_predict()
   x, y = _random_points(predict, 20, rng)
   base = dict(norm='L2', eps=(0.2, 0.5), **dict(QUICK, margin_estimates=('anpgd', 'fab')))
-  runs = [evaluation.evaluate(predict, x, y, evaluation.EvalConfig(batch_size=bs, **base),
-                              strategy=strategy)[1]
-          for bs, strategy in ((20, None), (8, None), (8, two_cpu_strategy))]
-  for other in runs[1:]:
-    for key in ('robust', 'autoattack_broken_by'):
-      np.testing.assert_array_equal(runs[0][key], other[key], err_msg=key)
-    for key in ('margin_anpgd', 'margin_fab'):  # float rounding differs with the batch shape
-      np.testing.assert_allclose(runs[0][key], other[key], rtol=1e-5, err_msg=key)
-  assert 0 < runs[0]['robust'].mean() < 1
+  # One batch of 20 on one device against batches of 8, 8 and 4 split over two replicas.
+  one, other = [evaluation.evaluate(predict, x, y, evaluation.EvalConfig(batch_size=bs, **base),
+                                    strategy=strategy)[1]
+                for bs, strategy in ((20, None), (8, two_cpu_strategy))]
+  for key in ('robust', 'autoattack_broken_by'):
+    np.testing.assert_array_equal(one[key], other[key], err_msg=key)
+  for key in ('margin_anpgd', 'margin_fab'):  # float rounding differs with the batch shape
+    np.testing.assert_allclose(one[key], other[key], rtol=1e-5, err_msg=key)
+  assert 0 < one['robust'].mean() < 1
 
 
 @pytest.mark.slow  # XLA-compiles every attack for each of two replicas (CI: --runslow)
@@ -153,7 +157,9 @@ def test_square_warning_counts_the_points_left_robust_and_has_a_threshold(masked
     assert 'Square' not in warnings, warnings
 
 
-@pytest.mark.parametrize('num_classes', [2, 3])
+# Two classes (CI: --runslow): the default tier runs them through the CLI
+# (test_evaluation.py::test_cli_evaluates_a_two_class_model).
+@pytest.mark.parametrize('num_classes', [pytest.param(2, marks=pytest.mark.slow), 3])
 def test_few_classes_run_the_adapted_ensemble_and_say_so(num_classes):
   p = LinearProblem('Linf', num_classes, batch=12)
   eps = radii_between(p.margin, 2)

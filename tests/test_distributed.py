@@ -67,6 +67,7 @@ def _results(procs, timeout=400):
 
 
 @pytest.mark.slow  # two worker processes (CI: --runslow)
+@pytest.mark.processes
 def test_multi_worker_run_completes_and_workers_agree(tmp_path):
   a, b = _results(_launch([tmp_path / 'run', 40]))
   assert a['step'] == b['step'] == 40 and a['replicas'] == 2 and a['chief'] and not b['chief']
@@ -78,6 +79,7 @@ def test_multi_worker_run_completes_and_workers_agree(tmp_path):
 
 
 @pytest.mark.slow  # four worker processes (CI: --runslow)
+@pytest.mark.processes
 def test_worker_crash_between_saves_restarts_every_worker_from_the_chiefs_step(tmp_path):
   run = tmp_path / 'run'
   # Checkpoints at steps 8, 16, 20 (epoch end) and 24; the non-chief dies after the chief's save
@@ -122,6 +124,7 @@ def _wait_for_line(proc, pattern, timeout):
 
 
 @pytest.mark.slow  # two worker processes (CI: --runslow)
+@pytest.mark.processes
 def test_a_lost_worker_is_one_plain_error_naming_the_step_to_resume_from(tmp_path):
   """mma-train --strategy=multi_worker: when a peer worker is killed, the other one stops with a
   one-line error (what happened, what to do, the step a re-run resumes from: the last checkpoint)

@@ -26,6 +26,7 @@ def test_train_your_own_model_example_trains_resumes_exports_and_evaluates(tmp_p
   assert 'Resumed from step 4' in again.stdout and '6 steps on 2 replicas' in again.stdout
 
 
+@pytest.mark.slow  # the example script, run as a user runs it (CI: --runslow)
 def test_keras_fit_example_trains_with_callbacks_exports_and_evaluates(tmp_path):
   out = tmp_path / 'run'
   args = [sys.executable, os.path.join(ROOT, 'examples', 'keras_fit.py'), f'--out_dir={out}',

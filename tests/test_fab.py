@@ -262,6 +262,7 @@ def test_contract_determinism_and_batch_invariance(norm, rng):
     assert alone[1][0] == success[i]
 
 
+@pytest.mark.slow  # XLA compilation: off by default, slow to compile on CPUs (CI: --runslow)
 @pytest.mark.parametrize('norm', NORMS)
 def test_eager_function_and_xla_agree_and_trace_once(norm, rng):
   predict, x, y = _cnn_problem(rng)

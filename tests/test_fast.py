@@ -21,6 +21,12 @@ QUICK = dict(apgd_nb_iter=20, fab_nb_iter=20, square_queries=300, fast_square_qu
              margin_estimates=())
 
 
+# A fast stage is proved by rerunning the AutoAttack runs it stands for, which makes those proofs
+# slow (CI runs them: --runslow); the default tier proves the protocol's result
+# (test_fast_breaks_exactly_what_autoattack_breaks_on_affine_models[Linf]).
+stage_proof = pytest.mark.slow
+
+
 @pytest.mark.parametrize('norm', NORMS)
 def test_malt_ranks_the_exact_nearest_class_first_on_affine_models(norm):
   p = MulticlassAffine(norm, batch=16)
@@ -63,7 +69,8 @@ def test_malt_falls_back_to_the_logit_order_without_gradients():
   np.testing.assert_array_equal(malt_order(masked, p.x, p.y)[:, :-1], by_logit[:, 1:])
 
 
-@pytest.mark.parametrize('norm', NORMS)
+# L2: the same protocol code with the other norm's attacks (CI: --runslow).
+@pytest.mark.parametrize('norm', ['Linf', pytest.param('L2', marks=pytest.mark.slow)])
 def test_fast_breaks_exactly_what_autoattack_breaks_on_affine_models(norm):
   p = MulticlassAffine(norm, batch=16)
   eps = radii_between(p.margin, count=4)
@@ -102,6 +109,7 @@ def _chosen_and_logit_order(attack, predict, x, y, eps):
   return chosen, np.argsort(-predict(x).numpy(), 1, kind='stable')[:, 1:]
 
 
+@stage_proof
 def test_fast_apgd_t_reruns_autoattacks_runs_for_the_classes_malt_picks(rng):
   """apgd-t-malt breaks a point iff AutoAttack's APGD-T run toward one of the point's MALT
   classes (k nearest at x, k at the probe point) breaks it: the same runs, fewer of them."""
@@ -121,6 +129,7 @@ def test_fast_apgd_t_reruns_autoattacks_runs_for_the_classes_malt_picks(rng):
   assert 0 < (~got['robust']).sum() < 16 and (runs & ~chosen).any()  # runs left out mattered
 
 
+@stage_proof
 def test_fast_fab_t_reruns_autoattacks_runs_for_the_classes_malt_ranks_nearest_at_x(rng):
   """fab-t-malt breaks a point iff AutoAttack's FAB-T run toward one of the k classes MALT ranks
   nearest at x breaks it."""
@@ -156,6 +165,7 @@ def _square_alone(p, predict, eps, short, full, signs):
   return got, run_attacks(runner, predict, [get_attack('square', 'Linf', n_queries=full)], *args)
 
 
+@stage_proof
 def test_square_continues_to_the_full_budget_when_the_short_run_breaks_a_point():
   p = LinearProblem('Linf', 10, batch=12)
   masked = lambda images: p.predict(tf.stop_gradient(images))  # only Square breaks anything
@@ -178,6 +188,7 @@ def test_square_continues_to_the_full_budget_when_the_short_run_breaks_a_point()
   assert below['square_queries'] == 100 and below['square_reason'] is None
 
 
+@stage_proof
 def test_square_continues_only_the_points_still_closing_in():
   """Nothing broken by the short run and no sign of masking: the points whose margin fell to
   continue_below of its start or lower go on to the full budget (with the full run's verdict),
@@ -203,6 +214,7 @@ def test_square_continues_only_the_points_still_closing_in():
   np.testing.assert_array_equal(got['robust'], left & ~(closing_in & broken_in_full))
 
 
+@stage_proof
 def test_the_continued_square_does_not_repeat_the_short_runs_queries():
   """Gradients that point the wrong way: the gradient attacks break nothing, the short Square run
   breaks some points, so fast continues it. The continuation resumes each point's search, so fast
@@ -241,6 +253,7 @@ def test_the_continued_square_does_not_repeat_the_short_runs_queries():
   assert examples_continued < examples_full  # the continuation runs on the points left
 
 
+@stage_proof
 def test_zero_gradients_give_square_its_full_budget_and_the_report_says_why():
   p = LinearProblem('Linf', 10, batch=12)
   masked = lambda images: p.predict(tf.stop_gradient(images))

@@ -277,6 +277,7 @@ def test_weights_files_keras_files_and_exports(data8, warm_weights, tmp_path):
 
 
 # ------------------------------------------------------------------------------ speed switches
+@pytest.mark.slow  # XLA compilation: off by default, slow to compile on CPUs (CI: --runslow)
 def test_steps_per_execution_and_xla_keep_the_step(data8, warm_weights):
   x, y = data8.train_images[:64], data8.train_labels[:64]
   states = {}

@@ -130,6 +130,7 @@ def test_two_replicas_keep_the_memory_of_one_device(data8, warm_weights, tmp_pat
 
 
 @pytest.mark.slow  # two worker processes (CI: --runslow)
+@pytest.mark.processes
 def test_two_workers_hold_the_same_memory_and_resume_it(tmp_path):
   """MultiWorkerMirroredStrategy on two local processes: identical tables after training, and
   after a restart both workers restore the chief's table."""
@@ -158,6 +159,7 @@ def test_a_loop_keeps_the_memory_of_single_steps(data8, warm_weights, tmp_path,
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # XLA compilation: off by default, slow to compile on CPUs (CI: --runslow)
 def test_the_xla_step_keeps_the_memory_of_the_default_step(data8, warm_weights, tmp_path):
   trainers = [trainer_lib.Trainer(_config(jit_compile=jit), str(tmp_path / str(jit)), data=data8,
                                   log=QUIET) for jit in (False, True)]

@@ -289,6 +289,7 @@ def test_an_example_alone_in_a_batch_and_padded_gives_the_same_result(norm, rng)
 
 # ------------------------------------------------------------------------------ graph modes
 
+@pytest.mark.slow  # XLA compilation: off by default, slow to compile on CPUs (CI: --runslow)
 @pytest.mark.parametrize('norm', NORMS)
 def test_eager_function_and_xla_agree(norm, rng):
   _, predict = small_cnn_predict(input_shape=(8, 8, 3))

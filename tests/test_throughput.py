@@ -18,7 +18,9 @@ def _state(trainer):
 
 
 # ------------------------------------------------------------------------------ steps per loop
-@pytest.mark.parametrize('replicas', [1, 2])
+# Two replicas (CI: --runslow): the default tier proves one device's loop and that two replicas
+# take one device's step (test_mirrored_step_equals_one_device).
+@pytest.mark.parametrize('replicas', [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_a_loop_of_n_steps_equals_n_single_steps(replicas, data8, tmp_path, warm_weights,
                                                  op_determinism, two_cpu_strategy):  # noqa: F811
   strategy = two_cpu_strategy if replicas == 2 else None
@@ -40,6 +42,8 @@ def test_a_loop_of_n_steps_equals_n_single_steps(replicas, data8, tmp_path, warm
   assert int(loop_out['first_non_finite_step']) == -1 and int(looped.task.step.numpy()) == 5
 
 
+@pytest.mark.slow  # the default tier proves resume (test_resume_equals_uninterrupted) and loops
+# (test_a_loop_of_n_steps_equals_n_single_steps[1]) (CI: --runslow)
 def test_training_with_steps_per_loop_resumes_to_the_same_run(data8, tmp_path,
                                                              op_determinism):  # noqa: F811
   fields = dict(model='small_cnn', batch_size=16, train_steps=14, checkpoint_every=4,
@@ -164,8 +168,8 @@ def test_a_mixed_precision_mma_run_is_finite_resumes_its_loss_scale_and_exports_
 
 
 # ------------------------------------------------------------------------------ XLA
-# Two replicas: XLA compiles the whole step for each (CI runs it: --runslow).
-@pytest.mark.parametrize('replicas', [1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.slow  # XLA compilation: off by default, slow to compile on CPUs (CI: --runslow)
+@pytest.mark.parametrize('replicas', [1, 2])
 def test_the_xla_step_equals_the_default_step(replicas, data8, tmp_path, warm_weights,
                                               two_cpu_strategy):
   strategy = two_cpu_strategy if replicas == 2 else None
@@ -183,6 +187,7 @@ def test_the_xla_step_equals_the_default_step(replicas, data8, tmp_path, warm_we
 
 
 # ------------------------------------------------------------------------------ evaluator
+@pytest.mark.slow  # counts traces, a speed property, over five whole evaluations (CI: --runslow)
 def test_evaluate_traces_once_across_calls_with_the_same_model():
   p = LinearProblem('Linf', 10, batch=16)
   model = keras.Sequential([keras.Input(p.x.shape[1:]), keras.layers.Flatten(),

@@ -71,6 +71,7 @@ def test_mirrored_step_equals_one_device(data, tmp_path, two_cpu_strategy):
   assert np.count_nonzero(one.task.eps_memory.numpy()) > 16  # the memory was written
 
 
+@pytest.mark.slow  # XLA compilation: off by default, slow to compile on CPUs (CI: --runslow)
 def test_jit_compiled_attacks_train(data, tmp_path):
   trainer = trainer_lib.Trainer(tiny_config(jit_compile=True), str(tmp_path), data=data,
                                 log=lambda m: None)
