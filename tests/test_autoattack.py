@@ -157,9 +157,10 @@ def test_square_warning_counts_the_points_left_robust_and_has_a_threshold(masked
     assert 'Square' not in warnings, warnings
 
 
-# Two classes (CI: --runslow): the default tier runs them through the CLI
+# Slow (CI: --runslow): the default tier runs the same adaptions on two classes through the CLI
 # (test_evaluation.py::test_cli_evaluates_a_two_class_model).
-@pytest.mark.parametrize('num_classes', [pytest.param(2, marks=pytest.mark.slow), 3])
+@pytest.mark.slow
+@pytest.mark.parametrize('num_classes', [2, 3])
 def test_few_classes_run_the_adapted_ensemble_and_say_so(num_classes):
   p = LinearProblem('Linf', num_classes, batch=12)
   eps = radii_between(p.margin, 2)

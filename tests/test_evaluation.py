@@ -32,9 +32,12 @@ def _export_linear(problem, path):
   return export.load_classifier(str(path))[0]
 
 
-# L2 (CI: --runslow): the default tier proves L2's analytic curve on the Python model
-# (test_autoattack.py::test_ensemble_matches_the_analytic_curve_of_a_linear_model[L2]).
-@pytest.mark.parametrize('norm', ['Linf', pytest.param('L2', marks=pytest.mark.slow)])
+# Slow (CI: --runslow): the default tier proves the analytic curves on the Python model
+# (test_autoattack.py::test_ensemble_matches_the_analytic_curve_of_a_linear_model), a
+# SavedModel's evaluation through the CLI (test_cli_evaluates_a_plain_keras_export) and the
+# SavedModel round trip (test_trainer.py::test_training_raises_the_margin_and_exports_...).
+@pytest.mark.slow
+@pytest.mark.parametrize('norm', ['Linf', 'L2'])
 def test_linear_savedmodel_matches_analytic_curve_and_margins(norm, tmp_path):
   p = LinearProblem(norm, 10, batch=24, max_margin=0.3 if norm == 'Linf' else 0.8)
   predict = _export_linear(p, tmp_path / 'linear')

@@ -82,8 +82,14 @@ def test_fast_breaks_exactly_what_autoattack_breaks_on_affine_models(norm):
   np.testing.assert_array_equal(per_example['autoattack_robust'], expected)
   np.testing.assert_array_equal(per_example['fast_robust'], expected)
   assert all(c['same'] for c in results['protocols']['fast']['vs_autoattack'].values())
-  # The ranking is what does it: at every radius between two margins, one MALT target breaks
-  # every breakable point; one target by logit misses some.
+
+
+@stage_proof
+@pytest.mark.parametrize('norm', NORMS)
+def test_one_malt_target_breaks_what_one_logit_target_misses_on_affine_models(norm):
+  """The ranking is what makes fast's few targets enough: at every radius between two margins,
+  one MALT target breaks every breakable point; one target by logit misses some."""
+  p = MulticlassAffine(norm, batch=16)
   eps = radii_between(p.margin, count=len(p.y))
   one = dict(QUICK, fast_n_target_classes=1, n_target_classes=1)
   robust = {name: evaluation.evaluate(p.predict, p.x, p.y, evaluation.EvalConfig(

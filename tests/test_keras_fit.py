@@ -82,6 +82,10 @@ def test_fit_steps_equal_trainer_steps_and_log_their_statistics(memory, data8, w
     assert got[k] == pytest.approx(want[k], rel=1e-6), k
 
 
+# Slow (CI: --runslow): the default tier proves that fit() takes the trainer's steps
+# (test_fit_steps_equal_trainer_steps_and_log_their_statistics) and that the trainer's step on
+# two replicas is one device's (test_trainer.py::test_mirrored_step_equals_one_device).
+@pytest.mark.slow
 def test_two_replicas_keep_the_weights_and_memories_of_one_device(data8, warm_weights, tmp_path,
                                                                   two_cpu_strategy):
   config = _config(perturbation_memory=True)

@@ -133,7 +133,9 @@ def _search_config(**overrides):
                             **overrides))
 
 
-@pytest.mark.parametrize('memory', [False, True])
+# With the memory (CI: --runslow): the default tier proves the memory on two replicas
+# (test_perturbation_memory.py::test_two_replicas_keep_the_memory_of_one_device).
+@pytest.mark.parametrize('memory', [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_two_replicas_train_as_one_device_with_the_illinois_search(memory, data8, warm_weights,
                                                                    tmp_path, two_cpu_strategy):
   config = _search_config(perturbation_memory=memory, nb_iter=2)

@@ -8,7 +8,9 @@ Columns (mean over seeds, (min-max) after it): training steps, training-step sec
 seconds of the training steps alone, cumulative over the run's stages), wall seconds of
 bin/train.py (steps, validation every epoch, checkpoints, export), CPU seconds of the training
 steps alone and of the whole process, clean and AutoAttack robust accuracy on the evaluated test
-points, and the last validation's average margin.
+points, and the last validation's average margin. CPU seconds marked ~ include an estimate of
+seconds a stopped process never recorded (`unrecorded.json` in the stage's directory). The plot's
+clock is the training steps' CPU seconds where every run recorded them.
 """
 import glob
 import json
@@ -32,9 +34,19 @@ def load(out):
         stages.append(json.load(f))
     totals = {'step_seconds': 0.0, 'wall_seconds': 0.0, 'cpu_seconds': 0.0,
               'step_cpu_seconds': 0.0}
+    estimated = False
     for stage in sorted(stages, key=lambda s: s['steps']):
       for k in totals:
         totals[k] += stage.get(k, float('nan'))  # step_cpu_seconds: recorded since round two
+      # A stage that ran partly in a process stopped before it wrote its record: the seconds
+      # never recorded, estimated by hand (unrecorded.json beside stage.json says how).
+      unrecorded = os.path.join(run_dir, f'stage-{stage["steps"]}steps', 'unrecorded.json')
+      if os.path.exists(unrecorded):
+        with open(unrecorded) as f:
+          extra = json.load(f)
+        for k in ('cpu_seconds', 'step_cpu_seconds'):
+          totals[k] += extra.get(k, 0.0)
+        estimated = True
       results = os.path.join(run_dir, f'stage-{stage["steps"]}steps', 'eval', 'results.json')
       if not os.path.exists(results):
         continue
@@ -42,6 +54,7 @@ def load(out):
         r = json.load(f)
       aa = r['protocols'].get('autoattack')
       entry = dict(totals, seed=int(seed), clean=r['clean_acc'], cpu=stage.get('cpu'),
+                   estimated=estimated,
                    robust=aa['avg_rob_acc'] if aa else None, num_examples=r['num_examples'],
                    margin=stage['validation']['avg_margin'], warnings=r['sanity']['warnings'])
       for name, p in r['protocols'].items():
@@ -64,10 +77,11 @@ def main(out, prefix):
     for (row, steps), rs in sorted(rows.items(), key=lambda kv: (kv[0][0] != 'faithful',
                                                                  kv[0][0], kv[0][1])):
       robust = [r['robust'] for r in rs if r['robust'] is not None]
+      about = '~' if any(r['estimated'] for r in rs) else ''  # CPU seconds partly estimated
       lines.append(f'| {row} | {steps} | {len(rs)} | {cell([r["step_seconds"] for r in rs], 1, 0)}'
                    f' | {cell([r["wall_seconds"] for r in rs], 1, 0)}'
-                   f' | {cell([r["step_cpu_seconds"] for r in rs], 1, 0)}'
-                   f' | {cell([r["cpu_seconds"] for r in rs], 1, 0)}'
+                   f' | {about}{cell([r["step_cpu_seconds"] for r in rs], 1, 0)}'
+                   f' | {about}{cell([r["cpu_seconds"] for r in rs], 1, 0)}'
                    f' | {cell([r["clean"] for r in rs])}'
                    f' | {cell(robust) if robust else "-"}'
                    f' | {cell([r["margin"] for r in rs], 1, 3)} |')
@@ -75,16 +89,21 @@ def main(out, prefix):
     lines.append('')
     fig, ax = plt.subplots(figsize=(6, 4))
     names = sorted({row for row, _ in rows})
+    # The training steps' CPU seconds where every run recorded them (round two), else the
+    # processes'.
+    clock = ('step_cpu_seconds' if all(np.isfinite(r['step_cpu_seconds'])
+                                       for rs in rows.values() for r in rs) else 'cpu_seconds')
     for name in names:
       points = sorted((e, rs) for (row, e), rs in rows.items() if row == name)
-      xs = [np.mean([r['cpu_seconds'] for r in rs]) for _, rs in points]
+      xs = [np.mean([r[clock] for r in rs]) for _, rs in points]
       ys = [100 * np.mean([r['robust'] for r in rs]) for _, rs in points]
       style = dict(color='black', lw=2) if name == 'faithful' else {}
       ax.plot(xs, ys, 'o-', label=name, **style)
       for (_, rs) in points:  # each seed's point, faintly
-        ax.scatter([r['cpu_seconds'] for r in rs], [100 * r['robust'] for r in rs], s=8,
+        ax.scatter([r[clock] for r in rs], [100 * r['robust'] for r in rs], s=8,
                    alpha=0.3, color=ax.lines[-1].get_color())
-    ax.set_xlabel('CPU seconds of training (cumulative; the least load-sensitive clock here)')
+    ax.set_xlabel('CPU seconds of the training steps (cumulative)' if clock == 'step_cpu_seconds'
+                  else 'CPU seconds of training (cumulative; the least load-sensitive clock here)')
     ax.set_ylabel('AutoAttack robust accuracy (%)')
     ax.set_title(f'{data}: robustness against training time', fontsize=9)
     ax.grid(alpha=0.3)
