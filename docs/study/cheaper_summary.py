@@ -40,14 +40,15 @@ def load(out):
         totals[k] += stage.get(k, float('nan'))  # step_cpu_seconds: recorded since round two
       # A stage that ran partly in a process stopped before it wrote its record: the seconds
       # never recorded, estimated by hand (unrecorded.json beside stage.json says how).
-      unrecorded = os.path.join(run_dir, f'stage-{stage["steps"]}steps', 'unrecorded.json')
+      stage_dir = os.path.join(run_dir, f'stage-{stage["steps"]}steps')
+      unrecorded = os.path.join(stage_dir, 'unrecorded.json')
       if os.path.exists(unrecorded):
         with open(unrecorded) as f:
           extra = json.load(f)
         for k in ('cpu_seconds', 'step_cpu_seconds'):
           totals[k] += extra.get(k, 0.0)
         estimated = True
-      results = os.path.join(run_dir, f'stage-{stage["steps"]}steps', 'eval', 'results.json')
+      results = os.path.join(stage_dir, 'eval', 'results.json')
       if not os.path.exists(results):
         continue
       with open(results) as f:
