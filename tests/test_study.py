@@ -1,10 +1,14 @@
-"""Replays the smallest row of docs/RESULTS.md (standard training, seed 0) and checks that it
-stays within the recorded spread. Slow (about 5 minutes): run with `pytest --runslow`."""
+"""The study scripts of docs/study: the smallest row of docs/RESULTS.md replayed (standard
+training, seed 0; slow, about 5 minutes: `pytest --runslow`) within the recorded spread, the
+summaries' tables, and the perturbation-memory diagnosis on a small run."""
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,3 +94,37 @@ def test_cheaper_summary_adds_unrecorded_seconds_and_marks_them(tmp_path):
   assert '| faithful | 500 | 1 | 1 (1-1) | 2 (2-2) | 100 (100-100) | 110 (110-110) |' in table
   assert '| faithful | 1000 | 1 | 2 (2-2) | 4 (4-4) | ~220 (220-220) | ~250 (250-250) |' in table
   assert (tmp_path / 'out-preset.png').stat().st_size > 1000
+
+
+@pytest.mark.slow  # traces seven attacks; a study tool, not the product
+def test_memory_diagnosis_measures_every_attacked_example(data8, warm_weights, tmp_path):
+  """docs/study/memory_diagnosis.py on a one-epoch memory run: every SLM-correct example has a
+  stored start, every attack's eps lies in (0, maxeps], 'no success' means at or above d_max,
+  and the table's classes add up to its 'all' row."""
+  from helpers import tiny_config, warm_start  # pylint: disable=import-outside-toplevel
+  from mma_tf import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, os.path.join(ROOT, 'docs', 'study'))
+  try:
+    import memory_diagnosis  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.pop(0)
+  config = tiny_config(model='small_cnn', batch_size=16, perturbation_memory=True, nb_iter=1,
+                       eps_iter_scale=0.5, train_steps=10, checkpoint_every=10)
+  trainer = trainer_lib.Trainer(config, str(tmp_path), data=data8, log=lambda m: None)
+  warm_start([trainer], warm_weights)
+  trainer.train()
+  r, none, step, run_config = memory_diagnosis.diagnose(str(tmp_path), examples=160, data=data8)
+  assert step == 10 and len(r['label']) == 160
+  attacked = r['correct'] & r['known']
+  assert attacked.sum() >= 80  # the warm model gets most digits right; one epoch visits all
+  for name in none:
+    eps = r[name][attacked]
+    assert np.all((eps > 0) & (eps <= run_config.maxeps)), name
+    assert np.all(eps[none[name][attacked]] >= run_config.hinge_maxeps), name
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    memory_diagnosis.report(str(tmp_path), r, none, step, run_config)
+  rows = [line.split('|') for line in out.getvalue().splitlines() if line.startswith('| ')]
+  counts = {row[1].strip(): int(row[2]) for row in rows if row[1].strip().isdigit()
+            or row[1].strip() == 'all'}
+  assert counts['all'] == attacked.sum() == sum(v for k, v in counts.items() if k != 'all')
