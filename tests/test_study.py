@@ -98,7 +98,7 @@ def test_cheaper_summary_adds_unrecorded_seconds_and_marks_them(tmp_path):
 
 @pytest.mark.slow  # traces seven attacks; a study tool, not the product
 def test_memory_diagnosis_measures_every_attacked_example(data8, warm_weights, tmp_path):
-  """docs/study/memory_diagnosis.py on a one-epoch memory run: every SLM-correct example has a
+  """docs/study/memory_diagnosis.py on a one-epoch memory run: most examples are attacked from a
   stored start, every attack's eps lies in (0, maxeps], 'no success' means at or above d_max,
   and the table's classes add up to its 'all' row."""
   from helpers import tiny_config, warm_start  # pylint: disable=import-outside-toplevel

@@ -15,8 +15,9 @@ are SLM-correct (the ones MMA attacks), compares:
   memory attack finds no success where the faithful one does, and how often each puts the
   example at or above d_max (out of the hinge, so out of the loss);
 - on the examples the memory attack loses (no success where the faithful attack has one), how
-  often a cheap restart with the run's nb_iter would have succeeded: from a random start at the
-  run's step, and from x with a step of the whole radius (FGSM's vertex in Linf);
+  often other attacks a fix could use succeed (RESTARTS): one iteration from a random start (a
+  refreshed start) or from x with a step of the whole radius (FGSM's vertex in Linf), and 2 or 5
+  iterations from the stored or a random start;
 - both per class.
 Prints two tables.
 """
