@@ -2,6 +2,7 @@
 training, seed 0; slow, about 5 minutes: `pytest --runslow`) within the recorded spread, the
 summaries' tables, and the perturbation-memory diagnosis on a small run."""
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -12,6 +13,15 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _study_module(name):
+  """A script of docs/study, imported as a module."""
+  sys.path.insert(0, os.path.join(ROOT, 'docs', 'study'))
+  try:
+    return importlib.import_module(name)
+  finally:
+    sys.path.pop(0)
 
 
 @pytest.mark.slow
@@ -47,11 +57,7 @@ def _fake_run(study_dir, name, seed, clean, robust, margin):
 
 
 def test_summarize_reports_mean_and_spread_over_seeds(tmp_path):
-  sys.path.insert(0, os.path.join(ROOT, 'docs', 'study'))
-  try:
-    import summarize  # pylint: disable=import-outside-toplevel
-  finally:
-    sys.path.pop(0)
+  summarize = _study_module('summarize')
   _fake_run(tmp_path, 'mma', 0, 0.9, {'0.1': 0.8, '0.2': 0.6}, 0.30)
   _fake_run(tmp_path, 'mma', 1, 0.7, {'0.1': 0.6, '0.2': 0.2}, 0.20)
   _fake_run(tmp_path, 'standard', 0, 0.95, {'0.1': 0.1, '0.2': 0.0}, 0.10)
@@ -81,11 +87,7 @@ def _fake_stage(run, steps, step_cpu, robust, unrecorded=None):
 def test_cheaper_summary_adds_unrecorded_seconds_and_marks_them(tmp_path):
   """A stage whose process stopped before it wrote its record carries a hand estimate in
   unrecorded.json: the cumulative CPU seconds add it from that stage on and say '~'."""
-  sys.path.insert(0, os.path.join(ROOT, 'docs', 'study'))
-  try:
-    import cheaper_summary  # pylint: disable=import-outside-toplevel
-  finally:
-    sys.path.pop(0)
+  cheaper_summary = _study_module('cheaper_summary')
   run = tmp_path / 'runs' / 'preset' / 'faithful-seed0'
   _fake_stage(run, 500, 100.0, 0.1)
   _fake_stage(run, 1000, 50.0, 0.2, {'step_cpu_seconds': 70, 'cpu_seconds': 80, 'why': 'test'})
@@ -103,11 +105,7 @@ def test_memory_diagnosis_measures_every_attacked_example(data8, warm_weights, t
   and the table's classes add up to its 'all' row."""
   from helpers import tiny_config, warm_start  # pylint: disable=import-outside-toplevel
   from mma_tf import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
-  sys.path.insert(0, os.path.join(ROOT, 'docs', 'study'))
-  try:
-    import memory_diagnosis  # pylint: disable=import-outside-toplevel
-  finally:
-    sys.path.pop(0)
+  memory_diagnosis = _study_module('memory_diagnosis')
   config = tiny_config(model='small_cnn', batch_size=16, perturbation_memory=True, nb_iter=1,
                        eps_iter_scale=0.5, train_steps=10, checkpoint_every=10)
   trainer = trainer_lib.Trainer(config, str(tmp_path), data=data8, log=lambda m: None)

@@ -86,20 +86,20 @@ def diagnose(run, examples=2000, faithful_nb_iter=10, data=None):
     norm = np.abs(delta).reshape(len(delta), -1).max(1) if config.norm == 'Linf' else \
         np.linalg.norm(delta.reshape(len(delta), -1), axis=1)
     seeds = example_seeds([config.seed, 10**6 + step], index[sl])
+    stored_start = (tf.constant(delta), tf.constant(known[sl]))
     common = dict(maxeps=config.maxeps, norm=config.norm, seed=seeds, mask=tf.constant(correct),
                   released_quirks=config.released_quirks)
     _, eps_memory_attack = anpgd(predict, x, y, eps0, nb_iter=config.nb_iter,
                                  eps_iter_scale=config.eps_iter_scale, search=config.search,
                                  num_search_steps=config.num_search_steps,
-                                 warm_start=(tf.constant(delta), tf.constant(known[sl])),
-                                 **common)
+                                 warm_start=stored_start, **common)
     _, eps_faithful = anpgd(predict, x, y, eps0, nb_iter=faithful_nb_iter, **common)
     # Other starts and strengths a fix could take (their passes: nb_iter fwd+bwd to the input).
     extra = {}
     for name, (nb_iter, scale, start) in RESTARTS.items():
       _, extra[name] = anpgd(
           predict, x, y, eps0, nb_iter=nb_iter, eps_iter_scale=scale, rand_init=start == 'random',
-          warm_start=(tf.constant(delta), tf.constant(known[sl])) if start == 'stored' else None,
+          warm_start=stored_start if start == 'stored' else None,
           search=config.search, num_search_steps=config.num_search_steps, **common)
     rows.append(dict(correct=correct, known=known[sl], still=still, norm=norm, eps0=eps0,
                      memory=eps_memory_attack.numpy(), faithful=eps_faithful.numpy(),
