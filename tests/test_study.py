@@ -1,6 +1,6 @@
 """The study scripts of docs/study: the smallest row of docs/RESULTS.md replayed (standard
-training, seed 0; slow, about 5 minutes: `pytest --runslow`) within the recorded spread, the
-summaries' tables, and the perturbation-memory diagnosis on a small run."""
+training, seed 0; about 10 minutes on one core: `pytest --runslow -m replay`) within the recorded
+spread, the summaries' tables, and the perturbation-memory diagnosis on a small run."""
 import contextlib
 import importlib
 import io
@@ -25,6 +25,7 @@ def _study_module(name):
 
 
 @pytest.mark.slow
+@pytest.mark.replay  # not in CI: 10 minutes on one core, half of the slow tier's wall time
 def test_standard_row_of_the_linf_study_reproduces(tmp_path):
   with open(os.path.join(ROOT, 'docs', 'study', 'linf.json')) as f:
     recorded = json.load(f)['standard']
