@@ -29,8 +29,8 @@ def pytest_configure(config):
   config.addinivalue_line('markers', 'processes: starts MultiWorkerMirrored worker processes on '
                           'loopback, whose bounded waits assume the cores are theirs: CI runs '
                           'these one at a time')
-  config.addinivalue_line('markers', 'replay: re-trains and re-evaluates a row of docs/RESULTS.md '
-                          '(10 minutes on one core): --runslow runs it, CI does not')
+  config.addinivalue_line('markers', 'replay: re-trains and re-evaluates a row of docs/RESULTS.md: '
+                          '--runslow runs it, CI does not (BUILD.md, "Test tiers")')
   # Keras 3.15's Variable.__array__ takes no `copy` argument, which NumPy 2 asks for whenever
   # Keras saves weights (keras/src/backend/common/variables.py; a plain Keras model's
   # save_weights warns alike): Keras' to fix, not ours. Only that Keras call site is silenced.

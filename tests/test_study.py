@@ -25,7 +25,7 @@ def _study_module(name):
 
 
 @pytest.mark.slow
-@pytest.mark.replay  # not in CI: 10 minutes on one core, the longest test by far
+@pytest.mark.replay  # not in CI: the longest test by far (BUILD.md, "Test tiers")
 def test_standard_row_of_the_linf_study_reproduces(tmp_path):
   with open(os.path.join(ROOT, 'docs', 'study', 'linf.json')) as f:
     recorded = json.load(f)['standard']
