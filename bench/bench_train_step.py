@@ -4,8 +4,10 @@ fraction of the faithful MMA step, and every step against the sum of the passes 
 LeNet5Madry, batch 50, nb_iter 40 (the MNIST Linf preset), on the embedded digits (same shapes as
 MNIST). The levers: the illinois boundary search (--search=illinois: 1 + 3 forwards instead of the
 bisection's 1 + 10), the perturbation memory at nb_iter 1 / 2 / 5 (--perturbation_memory), and
-both. One run, back to back (a step costs the same whether its memory rows hold perturbations or
-not). The passes, each timed alone on the same batch size:
+both; where the hardware has native bfloat16, the faithful and the memory + illinois steps in
+mixed_bfloat16 too (fractions of the float32 faithful step). One run, back to back (a step costs
+the same whether its memory rows hold perturbations or not). The passes, each timed alone on the
+same batch size (float32):
   fwd+bwd to the weights (train mode)   MMA: clean and mixed-batch pass (OMMA: the mixed only,
                                         its clean pass is a forward); PGD-AT: 1; TRADES: 2
   fwd+bwd to the input (eval mode)      nb_iter, the PGD inside the training attack
@@ -26,7 +28,7 @@ from absl import app, flags, logging  # noqa: E402
 import mma_tf  # noqa: E402,F401  before TF: it picks TF's CPU kernels (mma_tf/__init__.py)
 import tensorflow as tf  # noqa: E402
 
-from mma_tf import configs, data as data_lib, losses  # noqa: E402
+from mma_tf import configs, data as data_lib, losses, precision  # noqa: E402
 from mma_tf import trainer as trainer_lib  # noqa: E402
 from mma_tf.attacks import input_gradient  # noqa: E402
 
@@ -42,9 +44,15 @@ VARIANTS = {
     **{f'mma+memory k={k}+illinois': dict(perturbation_memory=True, nb_iter=k,
                                           search='illinois') for k in (1, 2, 5)},
 }
+# 16-bit arithmetic (--mixed_precision=mixed_bfloat16), timed by default only where the hardware
+# has native bfloat16: elsewhere TF emulates it, slower than float32.
+BF16 = ('mma', 'mma+memory k=1+illinois', 'mma+memory k=2+illinois')
+VARIANTS.update({f'{name} bf16': dict(VARIANTS[name], mixed_precision='mixed_bfloat16')
+                 for name in BF16})
 flags.DEFINE_integer('steps', 10, 'Timed steps per variant (median reported).')
 flags.DEFINE_string('model', 'lenet5_madry', 'Model.')
-flags.DEFINE_list('variants', list(VARIANTS), f'Steps to time, of: {", ".join(VARIANTS)}.')
+flags.DEFINE_list('variants', None, f'Steps to time, of: {", ".join(VARIANTS)}; default all (the '
+                  'bf16 ones where the hardware has native bfloat16).')
 FLAGS = flags.FLAGS
 
 
@@ -75,13 +83,21 @@ def passes(c):
 def main(_):
   tf.get_logger().setLevel('ERROR')
   logging.set_verbosity(logging.WARNING)
-  unknown = set(FLAGS.variants) - set(VARIANTS)
-  if unknown or not FLAGS.variants:
+  names = FLAGS.variants
+  if names is None:
+    native = precision.has_native_bfloat16()
+    names = [n for n in VARIANTS if native or not n.endswith(' bf16')]
+    print('bfloat16 steps: ' + ('timed (native bfloat16 here)' if native else
+                                'left out (no native bfloat16 here; --variants times them)'))
+  unknown = set(names) - set(VARIANTS)
+  if unknown or not names:
     raise app.UsageError(f'Unknown variants {sorted(unknown)} or none; choose from '
                          f'{list(VARIANTS)}.')
+  if all(n.endswith(' bf16') for n in names):
+    raise app.UsageError('Time a float32 variant too: the passes are timed on its model.')
   data = data_lib.load('mnist_5k')
   results, counts = {}, {}
-  for name in FLAGS.variants:
+  for name in names:
     config = configs.resolve('mnist', 'Linf', dict(model=FLAGS.model, **VARIANTS[name]))
     trainer = trainer_lib.Trainer(config, tempfile.mkdtemp(), data=data, log=lambda m: None)
     dataset = data_lib.train_dataset(data, config.batch_size, config.seed, 0)
@@ -91,8 +107,10 @@ def main(_):
     results[name] = median_call(
         lambda: float(trainer.task.train_step(iterator)['total_loss']), FLAGS.steps)
     counts[name] = passes(config)
+    if config.mixed_precision == 'float32':
+      model = trainer.task.model  # the passes below are timed in float32
     print(f'{name:>26} step: {results[name] * 1000:8.1f} ms', flush=True)
-  model, c = trainer.task.model, configs.resolve('mnist', 'Linf', dict(model=FLAGS.model))
+  c = configs.resolve('mnist', 'Linf', dict(model=FLAGS.model))
   x = tf.random.uniform([c.batch_size, 28, 28, 1])
   y = tf.random.uniform([c.batch_size], 0, 10, tf.int32)
   fb_input = tf.function(lambda x, y: input_gradient(lambda v: model(v, training=False),
@@ -118,8 +136,9 @@ def main(_):
     w, i, f = counts[name]
     parts = w * t_w + i * t_in + f * t_fwd
     ratio = f'{t / faithful:.3f}' if faithful else '-'
+    per_pass = '-' if name.endswith(' bf16') else f'{t / parts:.3f}'  # passes timed in float32
     print(f'| {name} | {t * 1000:.1f} | {ratio} | {w} / {i} / {f} | {parts * 1000:.1f} | '
-          f'{t / parts:.3f} |')
+          f'{per_pass} |')
 
 
 if __name__ == '__main__':
