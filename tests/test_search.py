@@ -9,7 +9,7 @@ from helpers import LinearProblem, small_cnn_predict, tiny_config, warm_start
 from mma_tf import configs, losses, objectives
 from mma_tf import trainer as trainer_lib
 from mma_tf.attacks import anpgd, example_seeds
-from mma_tf.attacks.anpgd_attack import illinois_search
+from mma_tf.attacks.anpgd_attack import OVERSHOOT, illinois_search
 
 QUIET = lambda m: None
 
@@ -60,7 +60,9 @@ def test_without_a_zero_margin_illinois_computes_it_with_one_more_forward():
 def test_illinois_beyond_maxeps_and_without_released_quirks():
   """Never successful up to maxeps: the scale is maxeps (out of the hinge, as the released
   search's maxeps - (maxeps - eps0) / 2^10). released_quirks=False: the smallest scale known to
-  succeed, so the returned point is on or past the boundary (here, on it: the chord is exact)."""
+  succeed, so the returned point is on or past the boundary: on it where the exact chord's root
+  rounds to a success, else (regula falsi stalls within float precision of the root) the first
+  overshoot, 10% past it."""
   p = LinearProblem('Linf', 2)
   eps0 = np.full(len(p.y), 0.005, np.float32)
   _, eps_hat = anpgd(p.predict, p.x, p.y, eps0, maxeps=0.009, nb_iter=10, search='illinois',
@@ -69,7 +71,12 @@ def test_illinois_beyond_maxeps_and_without_released_quirks():
   x_adv, eps_hat = anpgd(p.predict, p.x, p.y, eps0, maxeps=0.5, nb_iter=10, search='illinois',
                          num_search_steps=3, released_quirks=False)
   assert np.all(losses.soft_logit_margin(p.predict(x_adv), p.y).numpy() >= 0)
-  np.testing.assert_allclose(eps_hat, p.margin, atol=1e-4)
+  # Which examples' roots round to a success depends on the CPU's kernels (one of 16 did not on
+  # an AVX-512 CPU, none on an AVX2 one); most do.
+  on_boundary = np.abs(eps_hat - p.margin) <= 1e-4
+  overshoot = eps0 + (1 + OVERSHOOT) * (p.margin - eps0)
+  assert np.all(on_boundary | (np.abs(eps_hat - overshoot) <= 1e-4)), eps_hat - p.margin
+  assert on_boundary.sum() >= 12
 
 
 @pytest.mark.parametrize('first_succeeds', [False, True])
